@@ -1,0 +1,76 @@
+//! Arguments of the `berth` client.
+//!
+//! Like Docker's `-H`/`DOCKER_HOST`, the daemon to talk to is chosen with `-H unix:///PATH` or
+//! `BERTH_HOST`; the default is the local daemon's socket.
+
+use clap::{Parser, Subcommand};
+
+use crate::daemon::DEFAULT_SOCKET;
+
+/// The `berth` command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "berth",
+    about = "Berth: a clustered container scheduler in the spirit of Docker Swarm mode",
+    disable_version_flag = true
+)]
+pub struct ClientArgs {
+    /// Daemon socket to connect to (unix:///PATH)
+    #[arg(short = 'H', long = "host", env = "BERTH_HOST", global = true,
+          default_value_t = format!("unix://{DEFAULT_SOCKET}"))]
+    pub host: String,
+
+    /// The command to run.
+    #[command(subcommand)]
+    pub command: ClientCommand,
+}
+
+/// Top-level `berth` commands.
+#[derive(Debug, Subcommand)]
+pub enum ClientCommand {
+    /// Show the Berth version information
+    Version(VersionArgs),
+}
+
+/// `berth version`.
+#[derive(Debug, clap::Args)]
+pub struct VersionArgs {
+    /// Format the output (`json` for machine-readable output)
+    #[arg(short = 'f', long)]
+    pub format: Option<String>,
+}
+
+/// Parses `-H` values: only `unix://` endpoints are served by `berthd`'s local API.
+pub fn socket_path(host: &str) -> anyhow::Result<std::path::PathBuf> {
+    match host.strip_prefix("unix://") {
+        Some(path) if !path.is_empty() => Ok(path.into()),
+        _ => anyhow::bail!("invalid host {host:?}: expected unix:///PATH"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_path_accepts_only_unix_urls() {
+        assert_eq!(
+            socket_path("unix:///run/x.sock").unwrap(),
+            std::path::PathBuf::from("/run/x.sock")
+        );
+        let err = socket_path("tcp://1.2.3.4:2375").unwrap_err().to_string();
+        assert!(err.contains("expected unix:///PATH"), "{err}");
+        assert!(socket_path("unix://").is_err());
+    }
+
+    #[test]
+    fn host_defaults_to_the_local_socket() {
+        let args = ClientArgs::try_parse_from(["berth", "version"]).unwrap();
+        // BERTH_HOST may be set in the environment of whoever runs the tests.
+        if std::env::var_os("BERTH_HOST").is_none() {
+            assert_eq!(args.host, format!("unix://{DEFAULT_SOCKET}"));
+        }
+        let args = ClientArgs::try_parse_from(["berth", "-H", "unix:///tmp/a", "version"]).unwrap();
+        assert_eq!(args.host, "unix:///tmp/a");
+    }
+}

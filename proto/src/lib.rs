@@ -1,5 +1,7 @@
 //! Berth's wire API: the protobuf objects and gRPC services every component speaks.
 
+pub mod identity;
+
 /// Code generated from `proto/*.proto` (package `berth.v1`).
 #[allow(missing_docs, clippy::all)]
 pub mod v1 {

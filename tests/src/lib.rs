@@ -1,1 +1,4 @@
 //! Berth test harness.
+
+pub mod hosts;
+pub mod wait;

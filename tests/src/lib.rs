@@ -1,4 +1,6 @@
 //! Berth test harness.
 
+pub mod image;
+
 pub mod hosts;
 pub mod wait;

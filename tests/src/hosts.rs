@@ -238,6 +238,7 @@ impl TestNet {
     /// crashed earlier runs. Fails (never skips) when not run as root.
     pub fn new(n_hosts: usize) -> anyhow::Result<TestNet> {
         require_root()?;
+        let started = std::time::Instant::now();
         ensure!(
             (1..=MAX_HOSTS).contains(&n_hosts),
             "a test net holds 1 to {MAX_HOSTS} hosts, not {n_hosts}"
@@ -280,6 +281,7 @@ impl TestNet {
             tag = net.tag,
             subnet = %net.subnet(),
             hosts = n_hosts,
+            took = ?started.elapsed(),
             "test net up"
         );
         Ok(net)

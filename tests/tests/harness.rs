@@ -373,19 +373,23 @@ fn sweep_removes_namespaces_of_dead_runs_and_their_processes() -> anyhow::Result
         .trim()
         .parse()?;
     let dead = pid_max + 1;
-    let name = format!("{PREFIX}{}-0-sw", base36(dead));
-    run("ip", &["netns", "add", &name])?;
-    let mut orphan = Command::new("ip")
-        .args(["netns", "exec", &name, "sleep", "1000"])
+    // Our pid as the counter keeps the name unique among concurrent test processes.
+    let name = format!(
+        "{PREFIX}{}-{}-sw",
+        base36(dead),
+        base36(std::process::id().into())
+    );
+    // The orphan is inside its namespace before the name exists, so a concurrent sweep by
+    // another test process can only ever see both together.
+    let mut orphan = Command::new("unshare")
+        .args(["--net", "sleep", "1000"])
         .spawn()?;
-    wait_until(
-        Duration::from_secs(5),
-        "the orphan to enter the namespace",
-        || {
-            let mine = netns_identity(&Path::new("/run/netns").join(&name))?;
-            Ok(netns_identity(Path::new(&format!("/proc/{}/ns/net", orphan.id())))? == mine)
-        },
-    )?;
+    let root_ns = netns_identity(Path::new("/proc/self/ns/net"))?;
+    let orphan_ns = format!("/proc/{}/ns/net", orphan.id());
+    wait_until(Duration::from_secs(5), "the orphan to unshare", || {
+        Ok(netns_identity(Path::new(&orphan_ns))? != root_ns)
+    })?;
+    run("ip", &["netns", "attach", &name, &orphan.id().to_string()])?;
 
     let swept = sweep_leftovers()?;
     tracing::info!(?swept, "swept");

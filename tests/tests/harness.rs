@@ -341,6 +341,23 @@ fn host_processes_run_inside_their_host_and_are_killed_precisely() -> anyhow::Re
     let status = sleeper.kill9()?;
     assert_eq!(status.signal(), Some(libc::SIGKILL));
 
+    // stop: SIGTERM when it is honoured, SIGKILL after the grace period when it is not.
+    let mut polite = h0.spawn("polite", "sleep", ["1000"])?;
+    let status = polite.stop(Duration::from_secs(5))?;
+    assert_eq!(status.signal(), Some(libc::SIGTERM));
+    let mut stubborn = h0.spawn("stubborn", "sh", ["-c", "trap '' TERM; exec sleep 1000"])?;
+    wait_until(Duration::from_secs(5), "stubborn to exec sleep", || {
+        Ok(std::fs::read_to_string(format!("/proc/{}/comm", stubborn.pid()))?.trim() == "sleep")
+    })?;
+    let start = Instant::now();
+    let status = stubborn.stop(Duration::from_millis(300))?;
+    assert_eq!(status.signal(), Some(libc::SIGKILL));
+    assert!(
+        start.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        start.elapsed()
+    );
+
     // Output lands in the process log.
     let mut talker = h1.spawn("talker", "sh", ["-c", "echo hello-log; exec sleep 1000"])?;
     wait_until(Duration::from_secs(5), "talker's line in its log", || {

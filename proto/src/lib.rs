@@ -2,6 +2,10 @@
 
 pub mod identity;
 
+pub mod ids;
+pub mod naming;
+pub mod task_state;
+
 /// Code generated from `proto/*.proto` (package `berth.v1`).
 #[allow(missing_docs, clippy::all)]
 pub mod v1 {

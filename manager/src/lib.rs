@@ -1,1 +1,3 @@
 //! Berth manager.
+
+pub mod ca;

@@ -63,6 +63,24 @@ impl fmt::Display for Role {
     }
 }
 
+impl From<Role> for crate::v1::NodeRole {
+    fn from(role: Role) -> Self {
+        match role {
+            Role::Manager => crate::v1::NodeRole::Manager,
+            Role::Worker => crate::v1::NodeRole::Worker,
+        }
+    }
+}
+
+impl From<crate::v1::NodeRole> for Role {
+    fn from(role: crate::v1::NodeRole) -> Self {
+        match role {
+            crate::v1::NodeRole::Manager => Role::Manager,
+            crate::v1::NodeRole::Worker => Role::Worker,
+        }
+    }
+}
+
 /// Why a key, CSR, certificate or certificate directory could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum CertError {
@@ -533,6 +551,13 @@ mod tests {
         assert_eq!(Role::from_ou("swarm-manager"), None);
         assert_eq!(Role::from_ou("manager"), None);
         assert_eq!(Role::Manager.to_string(), "manager");
+        for role in [Role::Manager, Role::Worker] {
+            assert_eq!(Role::from(crate::v1::NodeRole::from(role)), role);
+        }
+        assert_eq!(
+            crate::v1::NodeRole::from(Role::Worker),
+            crate::v1::NodeRole::Worker
+        );
     }
 
     #[test]

@@ -1,3 +1,5 @@
 //! Berth manager.
 
 pub mod ca;
+
+pub mod store;

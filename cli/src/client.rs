@@ -30,6 +30,16 @@ pub struct ClientArgs {
 pub enum ClientCommand {
     /// Show the Berth version information
     Version(VersionArgs),
+    /// Display system-wide information
+    Info(InfoArgs),
+}
+
+/// `berth info`.
+#[derive(Debug, clap::Args)]
+pub struct InfoArgs {
+    /// Format the output (`json` for machine-readable output)
+    #[arg(short = 'f', long)]
+    pub format: Option<String>,
 }
 
 /// `berth version`.
@@ -46,6 +56,42 @@ pub fn socket_path(host: &str) -> anyhow::Result<std::path::PathBuf> {
         Some(path) if !path.is_empty() => Ok(path.into()),
         _ => anyhow::bail!("invalid host {host:?}: expected unix:///PATH"),
     }
+}
+
+/// Connects to the daemon named by `-H`/`BERTH_HOST`, with an error that says which socket
+/// could not be reached and what to check.
+pub async fn connect(
+    host: &str,
+) -> anyhow::Result<berth_proto::v1::local_node_client::LocalNodeClient<tonic::transport::Channel>>
+{
+    let path = socket_path(host)?;
+    let channel = tonic::transport::Endpoint::try_from(format!("unix://{}", path.display()))?
+        .connect()
+        .await
+        .map_err(|err| {
+            anyhow::anyhow!(
+                "cannot connect to the Berth daemon at {host}: {}; is berthd running (and are you root)?",
+                root_cause(&err)
+            )
+        })?;
+    Ok(berth_proto::v1::local_node_client::LocalNodeClient::new(
+        channel,
+    ))
+}
+
+/// The innermost error of a chain: tonic's transport errors only say "transport error" at
+/// the top, the useful part (ENOENT, EACCES) is at the bottom.
+fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = err;
+    while let Some(source) = cause.source() {
+        cause = source;
+    }
+    cause.to_string()
+}
+
+/// Turns a gRPC status from the daemon into the user's error: its message alone.
+pub fn status_error(status: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{}", status.message())
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 pub mod client;
 pub mod daemon;
 pub mod exit;
+pub mod node;
 
 /// The version both binaries report, from the workspace's package version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,5 +1,6 @@
 //! Berth test harness.
 
+pub mod bins;
 pub mod image;
 
 pub mod hosts;

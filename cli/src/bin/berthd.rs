@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use berth_cli::daemon::{DaemonArgs, DaemonCommand};
 use clap::Parser;
+use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let args = DaemonArgs::parse();
@@ -16,9 +17,16 @@ fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
             println!("berthd version {}", berth_cli::VERSION);
             Ok(ExitCode::SUCCESS)
         }
-        None => anyhow::bail!(
-            "the daemon is not built yet: only `berthd version` and `berthd --help` work (data dir {:?})",
-            args.run.data_dir
-        ),
+        None => {
+            let filter = EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new(&args.run.log_level));
+            tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(std::io::stderr)
+                .init();
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(berth_cli::node::run(args.run))?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }

@@ -1,0 +1,35 @@
+//! The running `berthd`: owns the state directory, serves the local API on the unix socket and
+//! (once the node is in a swarm) composes the agent and the manager.
+//!
+//! Architecture Invariant: the daemon is multi-threaded and never forks itself; containers are
+//! set up by the runtime's single-threaded helper.
+
+mod local_api;
+mod shutdown;
+mod state_dir;
+
+pub use state_dir::StateDir;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use crate::daemon::RunArgs;
+
+/// Runs the daemon in the foreground until SIGTERM or SIGINT.
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let state = StateDir::open(&args.data_dir)?;
+    let cancel = CancellationToken::new();
+    shutdown::cancel_on_signal(cancel.clone())?;
+
+    let api = Arc::new(local_api::LocalApi::new(state));
+    let listener = local_api::bind(&args.socket)?;
+    tracing::info!(socket = ?args.socket, data_dir = ?args.data_dir, "berthd started");
+    local_api::serve(api, listener, cancel.clone())
+        .await
+        .with_context(|| format!("serving the local API on {:?}", args.socket))?;
+    let _ = std::fs::remove_file(&args.socket);
+    tracing::info!("berthd stopped");
+    Ok(())
+}

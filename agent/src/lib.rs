@@ -1,1 +1,3 @@
 //! Berth node agent.
+
+pub mod image;

@@ -2,4 +2,5 @@
 
 pub mod ca;
 
+pub mod raft;
 pub mod store;

@@ -1,3 +1,4 @@
 //! Berth node agent.
 
 pub mod image;
+pub mod runtime;

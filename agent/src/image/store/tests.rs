@@ -447,3 +447,9 @@ fn docker_archive_symlinked_layers_are_followed() {
     assert_eq!(img.layers.len(), 2);
     assert!(Path::new(&img.layers[1].path).join("srv/new").exists());
 }
+
+#[test]
+fn the_store_can_be_shared_between_threads() {
+    fn shareable<T: Send + Sync>() {}
+    shareable::<ImageStore>();
+}

@@ -32,6 +32,12 @@ pub enum ClientCommand {
     Version(VersionArgs),
     /// Display system-wide information
     Info(InfoArgs),
+    /// Manage the swarm
+    #[command(subcommand)]
+    Swarm(crate::commands::swarm::SwarmCommand),
+    /// Manage swarm nodes
+    #[command(subcommand)]
+    Node(crate::commands::node::NodeCommand),
 }
 
 /// `berth info`.
@@ -60,10 +66,7 @@ pub fn socket_path(host: &str) -> anyhow::Result<std::path::PathBuf> {
 
 /// Connects to the daemon named by `-H`/`BERTH_HOST`, with an error that says which socket
 /// could not be reached and what to check.
-pub async fn connect(
-    host: &str,
-) -> anyhow::Result<berth_proto::v1::local_node_client::LocalNodeClient<tonic::transport::Channel>>
-{
+pub async fn connect_channel(host: &str) -> anyhow::Result<tonic::transport::Channel> {
     let path = socket_path(host)?;
     let channel = tonic::transport::Endpoint::try_from(format!("unix://{}", path.display()))?
         .connect()
@@ -74,9 +77,7 @@ pub async fn connect(
                 root_cause(&err)
             )
         })?;
-    Ok(berth_proto::v1::local_node_client::LocalNodeClient::new(
-        channel,
-    ))
+    Ok(channel)
 }
 
 /// The innermost error of a chain: tonic's transport errors only say "transport error" at
@@ -87,11 +88,6 @@ fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
         cause = source;
     }
     cause.to_string()
-}
-
-/// Turns a gRPC status from the daemon into the user's error: its message alone.
-pub fn status_error(status: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{}", status.message())
 }
 
 #[cfg(test)]

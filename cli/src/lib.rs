@@ -4,9 +4,12 @@
 //! hand over to the agent and manager crates.
 
 pub mod client;
+pub mod commands;
 pub mod daemon;
+pub mod duration;
 pub mod exit;
 pub mod node;
+pub mod table;
 
 /// The version both binaries report, from the workspace's package version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

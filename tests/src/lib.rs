@@ -1,6 +1,7 @@
 //! Berth test harness.
 
 pub mod bins;
+pub mod cluster;
 pub mod image;
 
 pub mod hosts;

@@ -2,7 +2,8 @@
 
 use std::process::ExitCode;
 
-use berth_cli::client::{self, ClientArgs, ClientCommand};
+use berth_cli::client::{ClientArgs, ClientCommand};
+use berth_cli::commands::{self, Daemon};
 use clap::Parser;
 
 fn main() -> ExitCode {
@@ -11,19 +12,25 @@ fn main() -> ExitCode {
 }
 
 fn run(args: ClientArgs) -> anyhow::Result<ExitCode> {
-    match args.command {
-        ClientCommand::Version(version) => {
-            print_version(version.format.as_deref())?;
-            Ok(ExitCode::SUCCESS)
-        }
-        ClientCommand::Info(info) => {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            runtime.block_on(print_info(&args.host, info.format.as_deref()))?;
-            Ok(ExitCode::SUCCESS)
-        }
+    if let ClientCommand::Version(version) = &args.command {
+        print_version(version.format.as_deref())?;
+        return Ok(ExitCode::SUCCESS);
     }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let mut daemon = Daemon::connect(&args.host).await?;
+        match args.command {
+            ClientCommand::Version(_) => unreachable!("handled above"),
+            ClientCommand::Info(info) => {
+                commands::info::info(&mut daemon, info.format.as_deref()).await
+            }
+            ClientCommand::Swarm(command) => commands::swarm::run(&mut daemon, command).await,
+            ClientCommand::Node(command) => commands::node::run(&mut daemon, command).await,
+        }
+    })?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn print_version(format: Option<&str>) -> anyhow::Result<()> {
@@ -38,54 +45,6 @@ fn print_version(format: Option<&str>) -> anyhow::Result<()> {
             println!("Client:");
             println!(" Version:    {}", berth_cli::VERSION);
             println!(" OS/Arch:    {os}/{arch}");
-        }
-    }
-    Ok(())
-}
-
-async fn print_info(host: &str, format: Option<&str>) -> anyhow::Result<()> {
-    let mut node = client::connect(host).await?;
-    let info = node
-        .info(berth_proto::v1::InfoRequest {})
-        .await
-        .map_err(client::status_error)?
-        .into_inner();
-    let swarm = berth_proto::v1::LocalSwarmState::try_from(info.swarm_state)
-        .map(|state| {
-            state
-                .as_str_name()
-                .trim_start_matches("LOCAL_SWARM_STATE_")
-                .to_lowercase()
-        })
-        .unwrap_or_else(|_| "unknown".into());
-    match format {
-        Some("json") => println!(
-            "{}",
-            serde_json::json!({
-                "Swarm": swarm,
-                "NodeID": info.node_id,
-                "IsManager": info.is_manager,
-                "ClusterID": info.cluster_id,
-                "ServerVersion": info.engine_version,
-                "DataDir": info.data_dir,
-                "Name": info.hostname,
-                "Error": info.error,
-            })
-        ),
-        Some(other) => anyhow::bail!("unknown format {other:?}: expected json"),
-        None => {
-            println!("Server Version: {}", info.engine_version);
-            println!("Name: {}", info.hostname);
-            println!("Berth Root Dir: {}", info.data_dir);
-            println!("Swarm: {swarm}");
-            if !info.node_id.is_empty() {
-                println!(" NodeID: {}", info.node_id);
-                println!(" Is Manager: {}", info.is_manager);
-                println!(" ClusterID: {}", info.cluster_id);
-            }
-            if !info.error.is_empty() {
-                println!(" Error: {}", info.error);
-            }
         }
     }
     Ok(())

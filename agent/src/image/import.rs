@@ -175,8 +175,25 @@ fn plan_oci(source: &Source, opts: &PlanOptions<'_>) -> Result<Vec<ImportPlan>, 
     if index.manifests.is_empty() {
         return Err(ImageError::invalid("index.json", "lists no manifests"));
     }
+    // A top-level entry for another platform is not this node's image.
+    let wanted: Vec<&Descriptor> = index
+        .manifests
+        .iter()
+        .filter(|d| {
+            d.platform
+                .as_ref()
+                .is_none_or(|p| p.os == opts.os && p.architecture == opts.arch)
+        })
+        .collect();
+    if wanted.is_empty() {
+        return Err(ImageError::NoMatchingPlatform {
+            what: "index.json".to_owned(),
+            os: opts.os.to_owned(),
+            arch: opts.arch.to_owned(),
+        });
+    }
     let mut plans = Vec::new();
-    for d in &index.manifests {
+    for d in wanted {
         let names = names_from_annotations(d);
         let manifest_desc = resolve_platform(source, d, opts, 0)?;
         let what = format!("manifest {}", manifest_desc.digest);

@@ -23,6 +23,10 @@
 //! - `images/index.json` is replaced atomically (temp file, fsync, rename).
 //! - An image is only removed when the caller's `in_use` says no container uses it; layers
 //!   and blobs no remaining image references are deleted with it.
+//!
+//! One [`ImageStore`] owns a root at a time (it sweeps unreferenced files when it opens).
+//! Every method does blocking file I/O: async callers use `spawn_blocking`. Unpacking needs
+//! root (mknod for whiteouts, `trusted.*` xattrs, chown).
 
 mod digest;
 mod error;

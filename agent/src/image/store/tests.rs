@@ -453,3 +453,48 @@ fn the_store_can_be_shared_between_threads() {
     fn shareable<T: Send + Sync>() {}
     shareable::<ImageStore>();
 }
+
+#[test]
+fn other_platforms_in_the_index_are_skipped() {
+    let env = Env::new();
+    let store = env.store();
+    let f = two_layer("multi:1");
+    let mut files = f.oci_files();
+    let mut index: serde_json::Value = serde_json::from_slice(&files["index.json"]).unwrap();
+    let manifests = index["manifests"].as_array_mut().unwrap();
+    manifests[0]["platform"] =
+        serde_json::json!({"os": "linux", "architecture": crate::image::oci::host_architecture()});
+    manifests.push(serde_json::json!({
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": format!("sha256:{}", "d".repeat(64)), "size": 1,
+        "platform": {"os": "linux", "architecture": "s390x"},
+        "annotations": {"org.opencontainers.image.ref.name": "multi:1"}
+    }));
+    files.insert("index.json".into(), serde_json::to_vec(&index).unwrap());
+    let imgs = store.import(&env.source("multi", &files)).unwrap();
+    assert_eq!(
+        imgs.len(),
+        1,
+        "the s390x manifest (whose blob is absent) is not read"
+    );
+    assert_eq!(
+        imgs[0].config.architecture,
+        crate::image::oci::host_architecture()
+    );
+
+    let only_other = ImageStore::open_with(
+        &env.base.join("other"),
+        StoreOptions {
+            architecture: "riscv64".into(),
+            ..StoreOptions::default()
+        },
+    )
+    .unwrap();
+    let err = only_other
+        .import(&env.source("multi2", &files))
+        .unwrap_err();
+    assert!(
+        matches!(err, ImageError::NoMatchingPlatform { .. }),
+        "{err:?}"
+    );
+}

@@ -88,6 +88,16 @@ impl Source {
         if compression != Compression::None {
             file = decompress_to_temp(file, compression, work, path)?;
         }
+        // Image archives are ustar/GNU/PAX tars: "ustar" at offset 257 of the first header.
+        let mut header = [0u8; 263];
+        let n = file
+            .read_at(&mut header, 0)
+            .map_err(|e| ImageError::io("reading", path, e))?;
+        if n < header.len() || &header[257..262] != b"ustar" {
+            return Err(ImageError::UnknownFormat {
+                path: path.to_owned(),
+            });
+        }
         let (members, dirs) = index_tar(&file).map_err(|e| match e {
             IndexError::Io(source) => ImageError::io("reading archive", path, source),
             IndexError::Refused(reason) => ImageError::invalid(format!("archive {path:?}"), reason),
@@ -506,5 +516,35 @@ mod tests {
         let s = Source::open(&root, t.path()).unwrap();
         assert_eq!(s.read_small("blobs/ok", 10, "t").unwrap().unwrap(), b"a");
         assert!(s.read_small("blobs/esc", 10, "t").is_err());
+    }
+
+    #[test]
+    fn files_that_are_not_archives_are_unknown_formats() {
+        let t = tempfile::tempdir().unwrap();
+        for (name, bytes) in [
+            ("empty", &b""[..]),
+            ("text", &b"hello, this is not a tar archive"[..]),
+        ] {
+            let p = t.path().join(name);
+            std::fs::write(&p, bytes).unwrap();
+            let err = Source::open(&p, t.path()).err().unwrap();
+            assert!(
+                matches!(err, ImageError::UnknownFormat { .. }),
+                "{name}: {err:?}"
+            );
+        }
+        let p = t.path().join("gz");
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &[7u8; 4096]).unwrap();
+        std::fs::write(&p, gz.finish().unwrap()).unwrap();
+        assert!(matches!(
+            Source::open(&p, t.path()),
+            Err(ImageError::UnknownFormat { .. })
+        ));
+        assert_eq!(
+            std::fs::read_dir(t.path()).unwrap().count(),
+            3,
+            "no temp file left"
+        );
     }
 }

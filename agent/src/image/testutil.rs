@@ -280,6 +280,28 @@ impl Fixture {
         files
     }
 
+    /// Files of a Docker >= 25 `docker save` archive: an OCI layout plus a `manifest.json`
+    /// whose paths point into `blobs/sha256/`.
+    pub(crate) fn docker25_files(&self) -> BTreeMap<String, Vec<u8>> {
+        let mut files = self.oci_files();
+        let config = self.config();
+        let layers: Vec<String> = self
+            .layer_digests()
+            .iter()
+            .map(|d| format!("blobs/sha256/{}", d.hex()))
+            .collect();
+        files.insert(
+            "manifest.json".to_owned(),
+            serde_json::to_vec(&json!([{
+                "Config": format!("blobs/sha256/{}", sha(&config).hex()),
+                "RepoTags": [self.name],
+                "Layers": layers,
+            }]))
+            .expect("manifest.json"),
+        );
+        files
+    }
+
     pub(crate) fn write_dir(files: &BTreeMap<String, Vec<u8>>, dir: &Path) {
         for (rel, bytes) in files {
             let p = dir.join(rel);

@@ -36,6 +36,14 @@ impl Env {
         let p = self.base.join(name);
         if name.ends_with(".tar") {
             Fixture::write_tar(files, &p);
+        } else if name.ends_with(".tar.zst") {
+            let plain = self.base.join(format!("{name}.plain"));
+            Fixture::write_tar(files, &plain);
+            std::fs::write(
+                &p,
+                crate::image::testutil::zstd(&std::fs::read(&plain).unwrap()),
+            )
+            .unwrap();
         } else if name.ends_with(".tar.gz") {
             let plain = self.base.join(format!("{name}.plain"));
             Fixture::write_tar(files, &plain);
@@ -96,6 +104,8 @@ fn imports_every_format_and_lays_out_layers() {
         env.source("oci-dir", &f.oci_files()),
         env.source("oci.tar", &f.oci_files()),
         env.source("oci.tar.gz", &f.oci_files()),
+        env.source("oci.tar.zst", &f.oci_files()),
+        env.source("docker25.tar", &f.docker25_files()),
         env.source("docker.tar", &f.docker_files()),
         env.source("docker-dir", &f.docker_files()),
     ];
@@ -495,6 +505,35 @@ fn other_platforms_in_the_index_are_skipped() {
         .unwrap_err();
     assert!(
         matches!(err, ImageError::NoMatchingPlatform { .. }),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn docker25_archives_are_read_through_manifest_json() {
+    let mut f = two_layer("docker.io/library/app:25");
+    let env = Env::new();
+    let store = env.store();
+    let mut files = f.docker25_files();
+    // RepoTags win over index.json annotations: make the annotation say something else.
+    let mut index: serde_json::Value = serde_json::from_slice(&files["index.json"]).unwrap();
+    index["manifests"][0]["annotations"] =
+        serde_json::json!({"org.opencontainers.image.ref.name": "other:1"});
+    files.insert("index.json".into(), serde_json::to_vec(&index).unwrap());
+    let img = store
+        .import(&env.source("d25.tar", &files))
+        .unwrap()
+        .remove(0);
+    assert_eq!(img.repo_tags, vec!["app:25"]);
+    // A layer whose blobs/sha256/<hex> path does not match its content is refused.
+    f.layer_digests = Some(vec![sha(&base_layer().blob), sha(b"impostor")]);
+    let env = Env::new();
+    let err = env
+        .store()
+        .import(&env.source("bad.tar", &f.docker25_files()))
+        .unwrap_err();
+    assert!(
+        matches!(&err, ImageError::DigestMismatch { expected, .. } if expected == &sha(b"impostor")),
         "{err:?}"
     );
 }

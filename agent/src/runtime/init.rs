@@ -38,6 +38,8 @@ fn run(mode: &str) -> i32 {
     }
     // SAFETY: single-threaded (checked above), so no other thread reads the environment.
     unsafe { std::env::remove_var(INIT_ENV) };
+    // comm would otherwise be the memfd's fd number ("4")
+    let _ = sys::set_name(c"berth-init");
     if let Err(e) = sys::set_non_dumpable() {
         eprintln!("berth-init: PR_SET_DUMPABLE: {e}");
         return 70;

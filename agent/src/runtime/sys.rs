@@ -75,6 +75,12 @@ pub fn set_non_dumpable() -> io::Result<()> {
     check_int(unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) }).map(|_| ())
 }
 
+/// `prctl(PR_SET_NAME, name)` (the `comm` shown by `ps`).
+pub fn set_name(name: &CStr) -> io::Result<()> {
+    // SAFETY: `name` is a valid NUL-terminated string; the kernel copies at most 16 bytes.
+    check_int(unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr(), 0, 0, 0) }).map(|_| ())
+}
+
 /// `prctl(PR_SET_PDEATHSIG, sig)`.
 pub fn set_parent_death_signal(sig: i32) -> io::Result<()> {
     // SAFETY: plain prctl with integer arguments.

@@ -874,3 +874,33 @@ fn bind_mounts_and_env_reach_the_container() {
     assert!(!data.join("g").exists());
     env.assert_clean();
 }
+
+fn smaps_kb(pid: i32, key: &str) -> u64 {
+    let rollup = fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap();
+    rollup
+        .lines()
+        .filter(|l| l.starts_with(key))
+        .map(|l| l.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap())
+        .sum()
+}
+
+#[test]
+fn an_idle_container_costs_the_host_little_memory() {
+    let env = Env::new();
+    for id in ["mem1", "mem2"] {
+        env.create(id, &env.config(&["sleep", "1000"])).unwrap();
+        env.rt.start(id).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let sup = env.rt.state("mem2").unwrap().record.unwrap().supervisor_pid;
+    let rss = smaps_kb(sup, "Rss:");
+    let pss = smaps_kb(sup, "Pss:");
+    let private = smaps_kb(sup, "Private_");
+    eprintln!(
+        "supervisor of an idle container: RSS {rss} KiB, PSS {pss} KiB, private {private} KiB"
+    );
+    // the code pages are one sealed memfd shared by every supervisor of this runtime;
+    // what each further container adds is its private memory
+    assert!(private < 1024, "private {private} KiB");
+    env.assert_clean();
+}

@@ -94,6 +94,7 @@ pub(crate) fn run(req: CreateRequest, mut reply: UnixStream) -> i32 {
             if let Ok(null) = File::open("/dev/null") {
                 let _ = nix::unistd::dup2_stdin(&null);
             }
+            sys::release_free_heap();
             supervise(&req, child, io)
         }
         Err(message) => {

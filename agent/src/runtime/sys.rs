@@ -455,3 +455,10 @@ pub fn thread_count() -> io::Result<usize> {
         .and_then(|v| v.trim().parse().ok())
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no Threads line"))
 }
+
+/// Returns free heap memory to the kernel (`malloc_trim`), so that a long-lived process
+/// keeps only what it still uses after a setup phase.
+pub fn release_free_heap() {
+    // SAFETY: malloc_trim only releases free memory back to the kernel.
+    unsafe { libc::malloc_trim(0) };
+}

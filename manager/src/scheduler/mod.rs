@@ -1,0 +1,269 @@
+//! Places PENDING tasks on nodes (leader only). Only this module writes `task.node_id`
+//! (global tasks are created on their node, and the scheduler confirms them).
+//!
+//! A round ([`schedule`]) filters nodes — available, resources by reservation, constraints,
+//! platform, host-mode ports, max replicas per node — then spreads tasks (placement
+//! preferences first, then fewest tasks of the service, then fewest tasks overall). Placed
+//! tasks become ASSIGNED with their node; all decisions of a round are written in batches of
+//! many tasks. A task that fits nowhere stays PENDING with the reason in `status.err`, e.g.
+//! `no suitable node (insufficient memory on 3 nodes)`, and is tried again:
+//! - when anything that could make room changes: a node (state, availability, labels,
+//!   resources) or a task (one ending frees its reservation and ports), and
+//! - every [`SchedulerConfig::retry_interval`] (default 2 s) while any task is unplaced,
+//!
+//! so no task is ever stuck PENDING silently. Rounds start after changes settle for
+//! [`SchedulerConfig::batch_gap`] (10 ms; at most [`SchedulerConfig::batch_max_delay`],
+//! 100 ms), so a burst of new tasks is placed in one round.
+
+pub mod constraint;
+pub mod filter;
+pub mod nodeinfo;
+pub mod place;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use berth_proto::v1::{Task, TaskState, TaskStatus};
+use tokio_util::sync::CancellationToken;
+
+use crate::orchestrator::task::{MSG_PENDING, is_runnable, observed};
+use crate::orchestrator::{
+    Clock, OrchestratorError, Pace, Reconciler, SystemClock, Unit, Writer, drive, to_timestamp,
+};
+use crate::store::{ChangeSet, Event, Object, Store, StoreAction, Tables};
+
+pub use place::{Round, pending_tasks, schedule};
+
+/// Status message of a task the scheduler placed (Swarm's wording).
+pub const MSG_ASSIGNED: &str = "scheduler assigned task to node";
+
+/// Why the scheduler stopped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SchedulerError {
+    /// A write found that this manager is no longer the leader.
+    #[error("lost leadership: {0}")]
+    NotLeader(String),
+    /// Replication stopped for good.
+    #[error("replication stopped: {0}")]
+    Fatal(String),
+    /// The store's change stream closed.
+    #[error("store change stream closed")]
+    StoreClosed,
+}
+
+impl From<OrchestratorError> for SchedulerError {
+    fn from(e: OrchestratorError) -> Self {
+        match e {
+            OrchestratorError::NotLeader(m) => SchedulerError::NotLeader(m),
+            OrchestratorError::Fatal(m) => SchedulerError::Fatal(m),
+            OrchestratorError::StoreClosed => SchedulerError::StoreClosed,
+        }
+    }
+}
+
+/// Settings of the scheduler.
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    /// Wall-clock time (status timestamps, recent failures).
+    pub clock: Arc<dyn Clock>,
+    /// After a change, wait this long for more before a round (default 10 ms).
+    pub batch_gap: Duration,
+    /// ...but no longer than this after the first change (default 100 ms).
+    pub batch_max_delay: Duration,
+    /// Retry unplaced tasks this often even when nothing changed (default 2 s).
+    pub retry_interval: Duration,
+    /// Task updates per store batch at most (default 1000).
+    pub max_batch: usize,
+    /// Pause after a failed write (no quorum) before trying again (default 1 s).
+    pub retry_backoff: Duration,
+    /// Full round period, a safety net beside the change stream (default 30 s).
+    pub resync_interval: Duration,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            clock: Arc::new(SystemClock),
+            batch_gap: Duration::from_millis(10),
+            batch_max_delay: Duration::from_millis(100),
+            retry_interval: Duration::from_secs(2),
+            max_batch: 1000,
+            retry_backoff: Duration::from_secs(1),
+            resync_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+impl SchedulerConfig {
+    /// The defaults with another clock.
+    pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
+        SchedulerConfig {
+            clock,
+            ..Default::default()
+        }
+    }
+}
+
+/// `task` placed on `node_id`.
+fn assigned(task: &Task, node_id: &str, now: SystemTime) -> Task {
+    let mut t = task.clone();
+    t.node_id = node_id.to_owned();
+    t.status = Some(TaskStatus {
+        timestamp: Some(to_timestamp(now)),
+        state: TaskState::Assigned as i32,
+        message: MSG_ASSIGNED.into(),
+        ..Default::default()
+    });
+    t
+}
+
+/// `task` with `reason` as its error, or `None` if it already says so.
+fn unplaced(task: &Task, reason: &str, now: SystemTime) -> Option<Task> {
+    if task.status.as_ref().is_some_and(|s| s.err == reason) {
+        return None;
+    }
+    let mut t = task.clone();
+    let status = t.status.get_or_insert_with(TaskStatus::default);
+    status.err = reason.to_owned();
+    status.message = MSG_PENDING.into();
+    status.timestamp = Some(to_timestamp(now));
+    Some(t)
+}
+
+/// The store actions of a round: one unit per task.
+pub fn round_units(tables: &Tables, round: &Round, now: SystemTime) -> Vec<Unit> {
+    let mut units = Vec::with_capacity(round.assigned.len() + round.unplaced.len());
+    for (task_id, node_id) in &round.assigned {
+        if let Some(t) = tables.get::<Task>(task_id) {
+            units.push(vec![StoreAction::Update(assigned(&t, node_id, now).into())]);
+        }
+    }
+    for (task_id, reason) in &round.unplaced {
+        if let Some(t) = tables
+            .get::<Task>(task_id)
+            .and_then(|t| unplaced(&t, reason, now))
+        {
+            units.push(vec![StoreAction::Update(t.into())]);
+        }
+    }
+    units
+}
+
+fn waiting(t: &Task) -> bool {
+    observed(t) == TaskState::Pending && is_runnable(t)
+}
+
+struct SchedulerLoop {
+    dirty: bool,
+    unplaced: usize,
+    retry_at: Option<SystemTime>,
+    retry_interval: Duration,
+}
+
+impl SchedulerLoop {
+    /// Whether an event may let a task be placed: a task newly waiting, or (while some are
+    /// unplaced) any node change or a task change that may free room.
+    fn matters(&self, event: &Event) -> bool {
+        match event {
+            Event::Created(Object::Task(t)) => waiting(t),
+            Event::Updated {
+                old: Object::Task(old),
+                new: Object::Task(new),
+            } => {
+                if waiting(new) {
+                    // A reason written by the last round changes nothing.
+                    !waiting(old) || old.node_id != new.node_id || old.spec != new.spec
+                } else {
+                    self.unplaced > 0
+                }
+            }
+            Event::Removed(Object::Task(_)) => self.unplaced > 0,
+            e => matches!(e.object(), Object::Node(_)) && self.unplaced > 0,
+        }
+    }
+}
+
+impl Reconciler for SchedulerLoop {
+    fn name(&self) -> &'static str {
+        "scheduler"
+    }
+
+    fn observe(&mut self, changes: &ChangeSet) {
+        if !self.dirty {
+            self.dirty = changes.events.iter().any(|e| self.matters(e));
+        }
+    }
+
+    fn mark_all(&mut self) {
+        self.dirty = true;
+    }
+
+    fn mark_refused(&mut self, _unit: &Unit) {
+        self.dirty = true;
+    }
+
+    fn is_dirty(&self) -> bool {
+        self.dirty
+    }
+
+    fn decide(&mut self, tables: &Tables, now: SystemTime) -> Vec<Unit> {
+        self.dirty = false;
+        let round = schedule(tables, now);
+        self.unplaced = round.unplaced.len();
+        self.retry_at = (self.unplaced > 0).then(|| now + self.retry_interval);
+        if !round.assigned.is_empty() || !round.unplaced.is_empty() {
+            tracing::debug!(
+                assigned = round.assigned.len(),
+                unplaced = round.unplaced.len(),
+                "scheduling round"
+            );
+        }
+        round_units(tables, &round, now)
+    }
+
+    fn next_wake(&self) -> Option<SystemTime> {
+        self.retry_at
+    }
+}
+
+/// Places pending tasks (leader only).
+pub struct Scheduler {
+    store: Store,
+    writer: Arc<dyn Writer>,
+    cfg: SchedulerConfig,
+}
+
+impl Scheduler {
+    /// A scheduler reading `store` and writing through `writer`.
+    pub fn new(store: Store, writer: Arc<dyn Writer>, cfg: SchedulerConfig) -> Self {
+        Scheduler { store, writer, cfg }
+    }
+
+    /// Runs until `cancel` fires (Ok) or this manager stops being the leader (Err).
+    pub async fn run(self, cancel: CancellationToken) -> Result<(), SchedulerError> {
+        let pace = Pace {
+            max_batch: self.cfg.max_batch,
+            resync: self.cfg.resync_interval,
+            gap: self.cfg.batch_gap,
+            max_delay: self.cfg.batch_max_delay,
+            min_interval: Duration::ZERO,
+            backoff: self.cfg.retry_backoff,
+        };
+        let r = SchedulerLoop {
+            dirty: true,
+            unplaced: 0,
+            retry_at: None,
+            retry_interval: self.cfg.retry_interval,
+        };
+        drive(
+            r,
+            &self.store,
+            self.writer.as_ref(),
+            self.cfg.clock.as_ref(),
+            &pace,
+            &cancel,
+        )
+        .await
+        .map_err(SchedulerError::from)
+    }
+}

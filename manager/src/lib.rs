@@ -2,7 +2,10 @@
 
 pub mod ca;
 pub mod orchestrator;
+pub mod control;
+pub mod manager;
 
 pub mod raft;
 pub mod scheduler;
+pub mod raft_net;
 pub mod store;

@@ -20,6 +20,7 @@
 //! miss the switch must rejoin. Join tokens change too, since they carry the root's digest.
 
 pub mod join;
+pub mod service;
 
 #[cfg(test)]
 mod mtls_tests;

@@ -1,0 +1,223 @@
+//! The Control service: what `berth` asks of the managers (nodes, tasks, services, the cluster
+//! object, join tokens, Raft status).
+//!
+//! - Every call is for managers only: the caller's certificate must carry the manager role and
+//!   its node must not be on the cluster's removed-node deny list.
+//! - Reads are answered from this manager's replica; writes are store batches committed
+//!   through Raft ([`crate::raft_net::Replica::propose_and_wait`]: forwarded to the leader from
+//!   a follower, then waited for locally so the answer shows the write).
+//! - Updates carry the version the caller read; the store refuses a stale one ("update out of
+//!   sequence"). Errors become statuses in [`status`] only.
+//! - Networks, secrets and configs answer UNIMPLEMENTED for now (the generated default stubs).
+//!
+//! Submodules: [`nodes`] (incl. the demotion quorum check), [`services`], [`tasks`],
+//! [`cluster`] (cluster object, join tokens, Raft status), [`filters`], [`status`].
+
+pub mod cluster;
+pub mod filters;
+pub mod nodes;
+pub mod services;
+pub mod status;
+pub mod tasks;
+
+use std::sync::Arc;
+
+use berth_proto::identity::{Role, require_role};
+use berth_proto::v1::control_server::{Control, ControlServer};
+use berth_proto::v1::*;
+use tonic::{Request, Response, Status};
+
+use crate::raft_net::Replica;
+
+/// The Control service of one manager.
+#[derive(Debug, Clone)]
+pub struct ControlService {
+    replica: Arc<Replica>,
+}
+
+impl ControlService {
+    /// The service over `replica`.
+    pub fn new(replica: Arc<Replica>) -> Self {
+        ControlService { replica }
+    }
+
+    /// The tonic server to mount.
+    pub fn into_server(self) -> ControlServer<Self> {
+        ControlServer::new(self)
+            .max_decoding_message_size(crate::raft_net::MAX_MESSAGE_SIZE)
+            .max_encoding_message_size(crate::raft_net::MAX_MESSAGE_SIZE)
+    }
+
+    fn authorize<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        require_role(req, &[Role::Manager], self.replica.revocations())?;
+        Ok(())
+    }
+}
+
+type Answer<T> = Result<Response<T>, Status>;
+
+#[tonic::async_trait]
+impl Control for ControlService {
+    async fn get_node(&self, request: Request<GetNodeRequest>) -> Answer<GetNodeResponse> {
+        self.authorize(&request)?;
+        let node = nodes::get(&self.replica, &request.into_inner().node_id)?;
+        Ok(Response::new(GetNodeResponse { node: Some(node) }))
+    }
+
+    async fn list_nodes(&self, request: Request<ListNodesRequest>) -> Answer<ListNodesResponse> {
+        self.authorize(&request)?;
+        let filters = request.into_inner().filters.unwrap_or_default();
+        Ok(Response::new(ListNodesResponse {
+            nodes: nodes::list(&self.replica, &filters),
+        }))
+    }
+
+    async fn update_node(&self, request: Request<UpdateNodeRequest>) -> Answer<UpdateNodeResponse> {
+        self.authorize(&request)?;
+        let node = nodes::update(&self.replica, request.into_inner()).await?;
+        Ok(Response::new(UpdateNodeResponse { node: Some(node) }))
+    }
+
+    async fn remove_node(&self, request: Request<RemoveNodeRequest>) -> Answer<RemoveNodeResponse> {
+        self.authorize(&request)?;
+        nodes::remove(&self.replica, request.into_inner()).await?;
+        Ok(Response::new(RemoveNodeResponse {}))
+    }
+
+    async fn get_task(&self, request: Request<GetTaskRequest>) -> Answer<GetTaskResponse> {
+        self.authorize(&request)?;
+        let task = tasks::get(&self.replica, &request.into_inner().task_id)?;
+        Ok(Response::new(GetTaskResponse { task: Some(task) }))
+    }
+
+    async fn list_tasks(&self, request: Request<ListTasksRequest>) -> Answer<ListTasksResponse> {
+        self.authorize(&request)?;
+        let filters = request.into_inner().filters.unwrap_or_default();
+        Ok(Response::new(ListTasksResponse {
+            tasks: tasks::list(&self.replica, &filters),
+        }))
+    }
+
+    async fn create_service(
+        &self,
+        request: Request<CreateServiceRequest>,
+    ) -> Answer<CreateServiceResponse> {
+        self.authorize(&request)?;
+        let service = services::create(&self.replica, request.into_inner()).await?;
+        Ok(Response::new(CreateServiceResponse {
+            service: Some(service),
+        }))
+    }
+
+    async fn get_service(&self, request: Request<GetServiceRequest>) -> Answer<GetServiceResponse> {
+        self.authorize(&request)?;
+        let service = services::get(&self.replica, &request.into_inner().service_id)?;
+        Ok(Response::new(GetServiceResponse {
+            service: Some(service),
+        }))
+    }
+
+    async fn list_services(
+        &self,
+        request: Request<ListServicesRequest>,
+    ) -> Answer<ListServicesResponse> {
+        self.authorize(&request)?;
+        let filters = request.into_inner().filters.unwrap_or_default();
+        Ok(Response::new(ListServicesResponse {
+            services: services::list(&self.replica, &filters),
+        }))
+    }
+
+    async fn list_service_statuses(
+        &self,
+        request: Request<ListServiceStatusesRequest>,
+    ) -> Answer<ListServiceStatusesResponse> {
+        self.authorize(&request)?;
+        Ok(Response::new(ListServiceStatusesResponse {
+            statuses: services::statuses(&self.replica, &request.into_inner().service_ids),
+        }))
+    }
+
+    async fn update_service(
+        &self,
+        request: Request<UpdateServiceRequest>,
+    ) -> Answer<UpdateServiceResponse> {
+        self.authorize(&request)?;
+        let service = services::update(&self.replica, request.into_inner()).await?;
+        Ok(Response::new(UpdateServiceResponse {
+            service: Some(service),
+        }))
+    }
+
+    async fn remove_service(
+        &self,
+        request: Request<RemoveServiceRequest>,
+    ) -> Answer<RemoveServiceResponse> {
+        self.authorize(&request)?;
+        services::remove(&self.replica, &request.into_inner().service_id).await?;
+        Ok(Response::new(RemoveServiceResponse {}))
+    }
+
+    async fn get_cluster(&self, request: Request<GetClusterRequest>) -> Answer<GetClusterResponse> {
+        self.authorize(&request)?;
+        let cluster = cluster::get(&self.replica, &request.into_inner().cluster_id)?;
+        Ok(Response::new(GetClusterResponse {
+            cluster: Some(cluster),
+        }))
+    }
+
+    async fn list_clusters(
+        &self,
+        request: Request<ListClustersRequest>,
+    ) -> Answer<ListClustersResponse> {
+        self.authorize(&request)?;
+        Ok(Response::new(ListClustersResponse {
+            clusters: cluster::list(&self.replica),
+        }))
+    }
+
+    async fn update_cluster(
+        &self,
+        request: Request<UpdateClusterRequest>,
+    ) -> Answer<UpdateClusterResponse> {
+        self.authorize(&request)?;
+        let cluster = cluster::update(&self.replica, request.into_inner()).await?;
+        Ok(Response::new(UpdateClusterResponse {
+            cluster: Some(cluster),
+        }))
+    }
+
+    async fn get_join_tokens(
+        &self,
+        request: Request<GetJoinTokensRequest>,
+    ) -> Answer<GetJoinTokensResponse> {
+        self.authorize(&request)?;
+        Ok(Response::new(GetJoinTokensResponse {
+            join_tokens: Some(cluster::join_tokens(&self.replica)?),
+        }))
+    }
+
+    async fn rotate_join_token(
+        &self,
+        request: Request<RotateJoinTokenRequest>,
+    ) -> Answer<RotateJoinTokenResponse> {
+        self.authorize(&request)?;
+        let role = NodeRole::try_from(request.into_inner().role).map_err(|_| {
+            Status::from(status::ControlError::InvalidArgument(
+                "unknown node role".into(),
+            ))
+        })?;
+        let tokens = cluster::rotate_join_token(&self.replica, role.into()).await?;
+        Ok(Response::new(RotateJoinTokenResponse {
+            join_tokens: Some(tokens),
+        }))
+    }
+
+    async fn get_raft_status(
+        &self,
+        request: Request<GetRaftStatusRequest>,
+    ) -> Answer<GetRaftStatusResponse> {
+        self.authorize(&request)?;
+        Ok(Response::new(cluster::raft_status(&self.replica)?))
+    }
+}

@@ -2,3 +2,4 @@
 
 pub mod image;
 pub mod runtime;
+pub mod worker;

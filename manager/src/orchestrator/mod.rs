@@ -28,6 +28,8 @@ mod driver;
 pub(crate) mod fixture;
 mod global;
 mod leader;
+#[cfg(test)]
+mod loop_tests;
 mod reaper;
 mod replicated;
 pub mod restart;

@@ -267,3 +267,98 @@ impl Scheduler {
         .map_err(SchedulerError::from)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use berth_proto::v1::{NodeState, TaskState};
+
+    use super::*;
+    use crate::objs;
+    use crate::orchestrator::fixture::*;
+
+    fn looped() -> SchedulerLoop {
+        SchedulerLoop {
+            dirty: true,
+            unplaced: 0,
+            retry_at: None,
+            retry_interval: Duration::from_secs(2),
+        }
+    }
+
+    #[test]
+    fn unplaced_tasks_arm_the_retry_timer_and_get_their_reason_once() {
+        let svc = replicated("s", 1, None);
+        let mut fx = Fx::new();
+        fx.create(
+            1,
+            objs![with_state(node("n1"), NodeState::Down), svc.clone()],
+        );
+        fx.create(
+            2,
+            objs![task(
+                "t1",
+                &svc,
+                1,
+                "",
+                TaskState::Pending,
+                TaskState::Running
+            )],
+        );
+        let mut l = looped();
+        let units = l.decide(&fx.tables, at(3));
+        assert_eq!(units.len(), 1, "the reason is written");
+        assert_eq!(l.next_wake(), Some(at(5)));
+        assert!(!l.is_dirty());
+        fx.apply(4, units.into_iter().flatten().collect::<Vec<_>>().into());
+        assert_eq!(
+            fx.tables
+                .get::<Task>("t1")
+                .and_then(|t| t.status.clone())
+                .map(|s| s.err),
+            Some("no suitable node (1 node not available)".to_string())
+        );
+        // The same reason is not written again; the timer stays armed.
+        assert!(l.decide(&fx.tables, at(5)).is_empty());
+        assert_eq!(l.next_wake(), Some(at(7)));
+        // The node comes back: placed, timer off.
+        fx.update(6, objs![node("n1")]);
+        let units = l.decide(&fx.tables, at(6));
+        assert_eq!(units.len(), 1);
+        match &units[0][0] {
+            StoreAction::Update(Object::Task(t)) => {
+                assert_eq!(t.node_id, "n1");
+                assert_eq!(observed(t), TaskState::Assigned);
+                assert_eq!(t.status.as_ref().map(|s| s.err.as_str()), Some(""));
+            }
+            other => panic!("expected a task update, got {other:?}"),
+        }
+        assert_eq!(l.next_wake(), None);
+    }
+
+    #[test]
+    fn which_changes_start_a_round() {
+        let svc = replicated("s", 1, None);
+        let pending = task("t1", &svc, 1, "", TaskState::Pending, TaskState::Running);
+        let mut with_reason = pending.clone();
+        with_reason.status.as_mut().expect("status").err = "no suitable node (x)".into();
+        let running = running("t2", &svc, 1, "n1");
+        let task_obj = |t: &Task| Object::Task(Arc::new(t.clone()));
+        let mut l = looped();
+        // Nothing unplaced: only newly waiting tasks matter.
+        assert!(l.matters(&Event::Created(task_obj(&pending))));
+        assert!(!l.matters(&Event::Created(task_obj(&running))));
+        assert!(!l.matters(&Event::Created(Object::Node(Arc::new(node("n1"))))));
+        assert!(!l.matters(&Event::Updated {
+            old: task_obj(&pending),
+            new: task_obj(&with_reason)
+        }));
+        // With tasks unplaced, node changes and tasks ending matter too.
+        l.unplaced = 1;
+        assert!(l.matters(&Event::Created(Object::Node(Arc::new(node("n1"))))));
+        assert!(l.matters(&Event::Removed(task_obj(&running))));
+        assert!(l.matters(&Event::Updated {
+            old: task_obj(&running),
+            new: task_obj(&observed_as(running.clone(), TaskState::Failed))
+        }));
+    }
+}

@@ -94,10 +94,10 @@ impl RaftConfig {
 /// Failures to open, initialise or reconfigure a Raft node.
 #[derive(Debug, thiserror::Error)]
 pub enum RaftNodeError {
-    /// The sled database could not be opened.
-    #[error("failed to open raft storage in {path:?}")]
+    /// The sled log database could not be opened.
+    #[error("failed to open the raft log in {path:?}")]
     OpenDb {
-        /// The data directory.
+        /// The log directory.
         path: PathBuf,
         /// sled's error.
         #[source]
@@ -208,9 +208,10 @@ impl std::fmt::Debug for RaftNode {
 }
 
 impl RaftNode {
-    /// Opens (or creates) the Raft data in `data_dir` (a sled database owned by Raft) and
-    /// starts the Raft core as member `id`. The store is restored from the last snapshot and
-    /// the committed log after it. Call [`RaftNode::initialize`] on a brand-new cluster.
+    /// Opens (or creates) the Raft data in `data_dir` (owned by Raft: the sled log in `log/`,
+    /// the current snapshot in `snapshot/`) and starts the Raft core as member `id`. The
+    /// store is restored from the last snapshot and the committed log after it. Call
+    /// [`RaftNode::initialize`] on a brand-new cluster.
     pub async fn open<N>(
         data_dir: &Path,
         id: NodeId,
@@ -220,20 +221,14 @@ impl RaftNode {
     where
         N: RaftNetworkFactory<TypeConfig>,
     {
-        let db = sled::Config::new()
-            .path(data_dir)
-            .open()
-            .map_err(|source| RaftNodeError::OpenDb {
-                path: data_dir.to_owned(),
+        let log_dir = data_dir.join("log");
+        let (log_store, flusher) =
+            LogStore::open(&log_dir).map_err(|source| RaftNodeError::OpenDb {
+                path: log_dir.clone(),
                 source,
             })?;
-        let (log_store, flusher) = LogStore::open(&db).map_err(|source| RaftNodeError::OpenDb {
-            path: data_dir.to_owned(),
-            source,
-        })?;
         let store = Store::with_watch_capacity(config.watch_capacity);
-        let state_machine = StateMachine::open(&db, store.clone())?;
-        drop(db);
+        let state_machine = StateMachine::open(&data_dir.join("snapshot"), store.clone())?;
         let raft_config = Arc::new(config.to_openraft()?);
         let raft = Raft::new(id, raft_config, network, log_store, state_machine).await?;
 
@@ -489,13 +484,9 @@ mod tests {
             &self,
         ) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError<NodeId>> {
             let dir = tempfile::tempdir().map_err(|e| openraft::StorageIOError::write(&e))?;
-            let db = sled::Config::new()
-                .path(dir.path())
-                .open()
+            let (log_store, _flusher) = LogStore::open(&dir.path().join("log"))
                 .map_err(|e| openraft::StorageIOError::write(&e))?;
-            let (log_store, _flusher) =
-                LogStore::open(&db).map_err(|e| openraft::StorageIOError::write(&e))?;
-            let sm = StateMachine::open(&db, Store::new())?;
+            let sm = StateMachine::open(&dir.path().join("snapshot"), Store::new())?;
             Ok((dir, log_store, sm))
         }
     }

@@ -1,16 +1,20 @@
 //! The Raft state machine: applies committed entries to the [`Store`], builds snapshots (a
-//! full store dump) and installs them. Snapshots are kept in sled tree `snapshot` so that a
+//! full store dump) and installs them. The current snapshot is one file, `<dir>/current`,
+//! replaced atomically (write `current.tmp`, fsync, rename, fsync the directory), so a
 //! restarted manager starts from its last snapshot and re-applies only the log after it.
+//! (Not in sled: sled 0.34 writes large values to blob files it never syncs.)
 //!
 //! Invariants:
 //! - `last_applied`, the membership and the store move together under one lock, so a
 //!   snapshot's metadata always describes exactly its data.
-//! - A snapshot is flushed to disk before openraft learns of it (and may purge the log it
-//!   covers); a stored snapshot is never replaced by an older one.
+//! - A snapshot is durable before openraft learns of it (and may purge the log it covers);
+//!   the stored snapshot is never replaced by an older one.
 //! - A log entry whose batch is refused or undecodable is still applied (as a refusal in its
 //!   [`ApplyResult`]); only storage failures are errors.
 
-use std::io::Cursor;
+use std::fs::{self, File};
+use std::io::{self, Cursor, Write};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -25,10 +29,10 @@ use crate::store::{ApplyError, Store, StoreActions, Tables};
 
 type StorageResult<T> = Result<T, StorageError<NodeId>>;
 
-/// A stored snapshot: its metadata and the store dump.
-type StoredSnapshot = (SnapshotMeta<NodeId, BasicNode>, Vec<u8>);
+type Meta = SnapshotMeta<NodeId, BasicNode>;
 
-const KEY_CURRENT: &[u8] = b"current";
+const CURRENT: &str = "current";
+const TMP: &str = "current.tmp";
 
 /// What has been applied, besides the store contents.
 #[derive(Debug, Clone, Default)]
@@ -41,69 +45,85 @@ struct Applied {
 #[derive(Debug, Clone)]
 pub struct StateMachine {
     store: Store,
-    db: sled::Db,
-    snapshots: sled::Tree,
+    dir: PathBuf,
     applied: Arc<Mutex<Applied>>,
-    /// Serialises "compare with the stored snapshot, then replace it".
-    persist: Arc<Mutex<()>>,
+    /// Metadata of the snapshot on disk; held while replacing it.
+    stored: Arc<tokio::sync::Mutex<Option<Meta>>>,
     builds: Arc<AtomicU64>,
 }
 
 fn snapshot_err(
-    meta: Option<&SnapshotMeta<NodeId, BasicNode>>,
+    meta: Option<&Meta>,
     verb: ErrorVerb,
     e: impl Into<AnyError>,
 ) -> StorageError<NodeId> {
     StorageIOError::new(ErrorSubject::Snapshot(meta.map(|m| m.signature())), verb, e).into()
 }
 
-/// Stored form: 4-byte big-endian length of the JSON metadata, the metadata, the dump.
-fn encode_stored(
-    meta: &SnapshotMeta<NodeId, BasicNode>,
-    data: &[u8],
-) -> Result<Vec<u8>, serde_json::Error> {
+/// File header: 4-byte big-endian length of the JSON metadata, then the metadata.
+fn encode_header(meta: &Meta) -> Result<Vec<u8>, serde_json::Error> {
     let meta_json = serde_json::to_vec(meta)?;
-    let mut out = Vec::with_capacity(4 + meta_json.len() + data.len());
+    let mut out = Vec::with_capacity(4 + meta_json.len());
     out.extend_from_slice(&(meta_json.len() as u32).to_be_bytes());
     out.extend_from_slice(&meta_json);
-    out.extend_from_slice(data);
     Ok(out)
 }
 
-fn decode_stored(bytes: &[u8]) -> Result<StoredSnapshot, String> {
+/// Splits a snapshot file into its metadata and the store dump.
+fn decode_file(mut bytes: Vec<u8>) -> Result<(Meta, Vec<u8>), String> {
     let (len, rest) = bytes
         .split_first_chunk::<4>()
-        .ok_or("stored snapshot shorter than its header")?;
+        .ok_or("snapshot file shorter than its header")?;
     let len = u32::from_be_bytes(*len) as usize;
     if rest.len() < len {
-        return Err("stored snapshot metadata truncated".into());
+        return Err("snapshot metadata truncated".into());
     }
-    let (meta_json, data) = rest.split_at(len);
-    let meta = serde_json::from_slice(meta_json).map_err(|e| e.to_string())?;
-    Ok((meta, data.to_vec()))
+    let meta = serde_json::from_slice(&rest[..len]).map_err(|e| e.to_string())?;
+    Ok((meta, bytes.split_off(4 + len)))
+}
+
+/// Reads `<dir>/current`, if there is one.
+fn read_current(dir: &Path) -> io::Result<Option<(Meta, Vec<u8>)>> {
+    match fs::read(dir.join(CURRENT)) {
+        Ok(bytes) => decode_file(bytes).map(Some).map_err(io::Error::other),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Replaces `<dir>/current` durably and atomically.
+fn write_current(dir: &Path, header: &[u8], data: &[u8]) -> io::Result<()> {
+    let tmp = dir.join(TMP);
+    let mut file = File::create(&tmp)?;
+    file.write_all(header)?;
+    file.write_all(data)?;
+    file.sync_all()?;
+    drop(file);
+    fs::rename(&tmp, dir.join(CURRENT))?;
+    File::open(dir)?.sync_all()
 }
 
 impl StateMachine {
-    /// Opens the snapshot tree in `db` and loads the last stored snapshot into `store`.
-    pub fn open(db: &sled::Db, store: Store) -> StorageResult<StateMachine> {
-        let snapshots = db
-            .open_tree("snapshot")
-            .map_err(|e| snapshot_err(None, ErrorVerb::Read, &e))?;
+    /// Opens the snapshot directory `dir` (creating it) and loads its snapshot into `store`.
+    pub fn open(dir: &Path, store: Store) -> StorageResult<StateMachine> {
+        fs::create_dir_all(dir).map_err(|e| snapshot_err(None, ErrorVerb::Write, &e))?;
+        let current = read_current(dir).map_err(|e| snapshot_err(None, ErrorVerb::Read, &e))?;
         let sm = StateMachine {
             store,
-            db: db.clone(),
-            snapshots,
+            dir: dir.to_owned(),
             applied: Arc::default(),
-            persist: Arc::default(),
+            stored: Arc::new(tokio::sync::Mutex::new(
+                current.as_ref().map(|(m, _)| m.clone()),
+            )),
             builds: Arc::default(),
         };
-        if let Some((meta, data)) = sm.read_stored()? {
+        if let Some((meta, data)) = current {
             let tables = Tables::decode_dump(&data)
                 .map_err(|e| snapshot_err(Some(&meta), ErrorVerb::Read, &e))?;
             let mut applied = sm.lock();
             sm.store.replace(tables);
             applied.last_applied = meta.last_log_id;
-            applied.membership = meta.last_membership.clone();
+            applied.membership = meta.last_membership;
         }
         Ok(sm)
     }
@@ -118,43 +138,25 @@ impl StateMachine {
         self.applied.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn read_stored(&self) -> StorageResult<Option<StoredSnapshot>> {
-        let Some(bytes) = self
-            .snapshots
-            .get(KEY_CURRENT)
-            .map_err(|e| snapshot_err(None, ErrorVerb::Read, &e))?
-        else {
-            return Ok(None);
-        };
-        decode_stored(&bytes)
-            .map(Some)
-            .map_err(|e| snapshot_err(None, ErrorVerb::Read, AnyError::error(e)))
-    }
-
-    /// Stores a snapshot durably unless a newer one is already stored; returns whether it did.
-    async fn persist(
-        &self,
-        meta: &SnapshotMeta<NodeId, BasicNode>,
-        data: &[u8],
-    ) -> StorageResult<bool> {
-        let bytes = encode_stored(meta, data)
-            .map_err(|e| snapshot_err(Some(meta), ErrorVerb::Write, &e))?;
+    /// Stores a snapshot durably unless a newer one is already stored; gives the data back.
+    async fn persist(&self, meta: &Meta, data: Vec<u8>) -> StorageResult<Vec<u8>> {
+        let header =
+            encode_header(meta).map_err(|e| snapshot_err(Some(meta), ErrorVerb::Write, &e))?;
+        let mut stored = self.stored.lock().await;
+        if stored
+            .as_ref()
+            .is_some_and(|s| s.last_log_id > meta.last_log_id)
         {
-            let _guard = self.persist.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some((stored, _)) = self.read_stored()?
-                && stored.last_log_id > meta.last_log_id
-            {
-                return Ok(false);
-            }
-            self.snapshots
-                .insert(KEY_CURRENT, bytes)
-                .map_err(|e| snapshot_err(Some(meta), ErrorVerb::Write, &e))?;
+            return Ok(data);
         }
-        self.db
-            .flush_async()
-            .await
-            .map_err(|e| snapshot_err(Some(meta), ErrorVerb::Write, &e))?;
-        Ok(true)
+        let dir = self.dir.clone();
+        let data =
+            tokio::task::spawn_blocking(move || write_current(&dir, &header, &data).map(|()| data))
+                .await
+                .map_err(|e| snapshot_err(Some(meta), ErrorVerb::Write, &e))?
+                .map_err(|e| snapshot_err(Some(meta), ErrorVerb::Write, &e))?;
+        *stored = Some(meta.clone());
+        Ok(data)
     }
 }
 
@@ -178,7 +180,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             last_membership: applied.membership,
             snapshot_id,
         };
-        self.persist(&meta, &data).await?;
+        let data = self.persist(&meta, data).await?;
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),
@@ -235,13 +237,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn install_snapshot(
         &mut self,
-        meta: &SnapshotMeta<NodeId, BasicNode>,
+        meta: &Meta,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> StorageResult<()> {
         let data = snapshot.into_inner();
         let tables = Tables::decode_dump(&data)
             .map_err(|e| snapshot_err(Some(meta), ErrorVerb::Read, &e))?;
-        self.persist(meta, &data).await?;
+        self.persist(meta, data).await?;
         let mut applied = self.lock();
         self.store.replace(tables);
         applied.last_applied = meta.last_log_id;
@@ -250,9 +252,40 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
-        Ok(self.read_stored()?.map(|(meta, data)| Snapshot {
+        let dir = self.dir.clone();
+        let current = tokio::task::spawn_blocking(move || read_current(&dir))
+            .await
+            .map_err(|e| snapshot_err(None, ErrorVerb::Read, &e))?
+            .map_err(|e| snapshot_err(None, ErrorVerb::Read, &e))?;
+        Ok(current.map(|(meta, data)| Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_files_round_trip_and_truncation_is_refused() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let meta = Meta {
+            snapshot_id: "1-1-5-0".into(),
+            ..Default::default()
+        };
+        write_current(dir.path(), &encode_header(&meta)?, b"dump bytes")?;
+        let (read_meta, data) = read_current(dir.path())?.expect("a snapshot");
+        assert_eq!((read_meta, data.as_slice()), (meta, &b"dump bytes"[..]));
+        // A leftover temp file from a crash mid-write is ignored.
+        fs::write(dir.path().join(TMP), b"partial")?;
+        assert!(read_current(dir.path())?.is_some());
+        // A damaged file is an error, never an empty store.
+        fs::write(dir.path().join(CURRENT), [0, 0, 1, 0, b'{'])?;
+        assert!(read_current(dir.path()).is_err());
+        fs::write(dir.path().join(CURRENT), [0, 0])?;
+        assert!(read_current(dir.path()).is_err());
+        Ok(())
     }
 }

@@ -904,3 +904,121 @@ fn an_idle_container_costs_the_host_little_memory() {
     assert!(private < 1024, "private {private} KiB");
     env.assert_clean();
 }
+
+/// Writes an OCI bundle (runc-style config.json) whose rootfs is the env's busybox lower.
+fn write_bundle(env: &Env, name: &str, args: &[&str]) -> PathBuf {
+    let bundle = env.tmp.path().join(name);
+    fs::create_dir_all(&bundle).unwrap();
+    let config = serde_json::json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": false,
+            "user": {"uid": 0, "gid": 0},
+            "args": args,
+            "env": ["PATH=/bin"],
+            "cwd": "/",
+            "capabilities": {
+                "bounding": ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"],
+                "effective": ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"],
+                "permitted": ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]
+            },
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
+            "noNewPrivileges": true
+        },
+        "root": {"path": env.lower, "readonly": true},
+        "hostname": "oci",
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+             "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+            {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+             "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
+            {"destination": "/sys", "type": "sysfs", "source": "sysfs",
+             "options": ["nosuid", "noexec", "nodev", "ro"]},
+            {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+             "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}
+        ],
+        "linux": {
+            "cgroupsPath": format!("/{}/{name}", env.parent),
+            "namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "ipc"},
+                           {"type": "uts"}, {"type": "mount"}],
+            "maskedPaths": ["/proc/kcore", "/sys/firmware"],
+            "readonlyPaths": ["/proc/sys"]
+        }
+    });
+    fs::write(bundle.join("config.json"), config.to_string()).unwrap();
+    bundle
+}
+
+#[test]
+fn oci_cli_runs_bundles_like_runc() {
+    let env = Env::new();
+    let cli = env!("CARGO_BIN_EXE_berth-runtime");
+    let root = env.tmp.path().join("oci-state");
+    let rt = |args: &[&str]| {
+        std::process::Command::new(cli)
+            .arg("--root")
+            .arg(&root)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    // run: stdout passes straight through, the exit code is the container's
+    let b = write_bundle(
+        &env,
+        "ocirun",
+        &["sh", "-c", "echo hi from $(hostname); exit 3"],
+    );
+    let out = rt(&["run", "--bundle", b.to_str().unwrap(), "ocirun"]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hi from oci\n");
+    assert!(!root.join("ocirun").exists(), "run deletes the container");
+
+    // create / state / start / kill / delete
+    let b = write_bundle(&env, "ocilc", &["sleep", "100"]);
+    let pidfile = env.tmp.path().join("pid");
+    let out = rt(&[
+        "create",
+        "--bundle",
+        b.to_str().unwrap(),
+        "--pid-file",
+        pidfile.to_str().unwrap(),
+        "ocilc",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let state = |rt: &dyn Fn(&[&str]) -> std::process::Output| -> serde_json::Value {
+        serde_json::from_slice(&rt(&["state", "ocilc"]).stdout).unwrap()
+    };
+    let s = state(&rt);
+    assert_eq!(s["status"], "created");
+    assert_eq!(s["pid"].to_string(), fs::read_to_string(&pidfile).unwrap());
+    assert_eq!(s["bundle"], b.to_str().unwrap());
+    assert!(rt(&["start", "ocilc"]).status.success());
+    assert_eq!(state(&rt)["status"], "running");
+    let status = fs::read_to_string(format!("/proc/{}/status", s["pid"])).unwrap();
+    assert!(status.contains("CapEff:\t0000000020000420"), "{status}");
+    assert!(status.contains("NoNewPrivs:\t1"), "{status}");
+    assert!(
+        !rt(&["delete", "ocilc"]).status.success(),
+        "running: needs --force"
+    );
+    assert!(rt(&["kill", "ocilc", "KILL"]).status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while state(&rt)["status"] != "stopped" {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(rt(&["delete", "ocilc"]).status.success());
+    assert!(!rt(&["state", "ocilc"]).status.success());
+    assert!(!env.cgroup_dir("memory", "ocilc").exists());
+    env.assert_clean();
+}

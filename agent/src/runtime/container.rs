@@ -140,6 +140,19 @@ pub(crate) fn ensure_in_root(root: BorrowedFd<'_>, path: &str, leaf: Leaf) -> io
 /// legacy option string otherwise.
 fn mount_rootfs(plan: &ContainerPlan) -> io::Result<()> {
     let r = &plan.rootfs;
+    if r.mode == super::plan::RootfsMode::Bind {
+        let src = r
+            .lowers
+            .first()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no root directory"))?;
+        return mount(
+            Some(src),
+            &r.target,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None,
+        );
+    }
     let lowers: Vec<&Path> = r.lowers.iter().map(PathBuf::as_path).collect();
     match sys::mount_overlay_fsopen(&lowers, &r.upper, &r.work, &r.target) {
         Ok(()) => Ok(()),

@@ -31,6 +31,7 @@ pub mod exec;
 pub mod helper;
 pub mod init;
 pub mod logs;
+pub mod oci;
 pub mod plan;
 pub mod seccomp;
 pub mod state;
@@ -280,18 +281,19 @@ impl Runtime {
             .cgroups
             .create(&plan.cgroup.path, &plan.cgroup.limits)?;
         let seccomp = self.filters(&plan.process)?;
-        let stderr = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join(files::SUPERVISOR_LOG))
-            .map_err(io_err("opening supervisor.log"))?;
-        let mut spawned = helper::spawn(
-            &self.cfg.helper,
-            "create",
-            Stdio::null(),
-            Stdio::from(stderr),
-        )
-        .map_err(io_err("starting the runtime helper"))?;
+        let (stdout, stderr) = match plan.stdio {
+            plan::StdioMode::Inherit => (Stdio::inherit(), Stdio::inherit()),
+            plan::StdioMode::Log => {
+                let log = OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(dir.join(files::SUPERVISOR_LOG))
+                    .map_err(io_err("opening supervisor.log"))?;
+                (Stdio::null(), Stdio::from(log))
+            }
+        };
+        let mut spawned = helper::spawn(&self.cfg.helper, "create", stdout, stderr)
+            .map_err(io_err("starting the runtime helper"))?;
         let req = HelperRequest::Create(Box::new(CreateRequest {
             plan: plan.clone(),
             state_dir: dir.to_path_buf(),

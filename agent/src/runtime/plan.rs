@@ -241,9 +241,32 @@ pub struct PlanContext {
     pub etc_group: Option<String>,
 }
 
-/// The overlay root filesystem.
+/// How the root filesystem is assembled.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RootfsMode {
+    /// overlayfs: read-only `lowers`, writes go to `upper` (images).
+    #[default]
+    Overlay,
+    /// `lowers[0]` is bind-mounted as the root and written in place (OCI bundles).
+    Bind,
+}
+
+/// Where the container's stdout/stderr go.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StdioMode {
+    /// Through pipes into the JSON log file (daemon use).
+    #[default]
+    Log,
+    /// The helper's own stdout/stderr, passed straight through (OCI CLI `run`).
+    Inherit,
+}
+
+/// The root filesystem.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RootfsPlan {
+    /// Overlay or bind.
+    #[serde(default)]
+    pub mode: RootfsMode,
     /// Lower directories, **top-most first** (overlayfs order).
     pub lowers: Vec<PathBuf>,
     /// Writable upper directory.
@@ -437,6 +460,9 @@ pub struct ContainerPlan {
     pub cgroup: CgroupPlan,
     /// Logs.
     pub log: LogPlan,
+    /// Where stdout/stderr go.
+    #[serde(default)]
+    pub stdio: StdioMode,
     /// Signal number `stop` sends first.
     pub stop_signal: i32,
 }
@@ -923,6 +949,7 @@ impl ContainerPlan {
         Ok(ContainerPlan {
             id: id.to_string(),
             rootfs: RootfsPlan {
+                mode: RootfsMode::Overlay,
                 lowers: cfg.layers.iter().rev().cloned().collect(),
                 upper: ctx.state_dir.join("upper"),
                 work: ctx.state_dir.join("work"),
@@ -965,6 +992,7 @@ impl ContainerPlan {
                 max_size: cfg.log_max_size.unwrap_or(DEFAULT_LOG_MAX_SIZE),
                 max_files: cfg.log_max_files.unwrap_or(DEFAULT_LOG_MAX_FILES).max(1),
             },
+            stdio: StdioMode::Log,
             stop_signal,
         })
     }

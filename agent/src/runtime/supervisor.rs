@@ -25,7 +25,7 @@ use nix::unistd::Pid;
 use super::container::{self, sync_recv, sync_send};
 use super::helper::{CreateRequest, HelperReply, send};
 use super::logs::{LogWriter, Stream, rfc3339_nanos};
-use super::plan::NetworkMode;
+use super::plan::{NetworkMode, StdioMode};
 use super::state::{ContainerRecord, ExitInfo, files, write_atomic, write_json};
 use super::sys::{self, Cloned};
 
@@ -182,8 +182,10 @@ fn prepare(req: &CreateRequest) -> Result<(Child, Io), String> {
             // stdin /dev/null, stdout/stderr the log pipes; this also drops the copy of the
             // daemon socket that sits on fd 0.
             let _ = nix::unistd::dup2_stdin(&null);
-            let _ = nix::unistd::dup2_stdout(&out_w);
-            let _ = nix::unistd::dup2_stderr(&err_w);
+            if plan.stdio == StdioMode::Log {
+                let _ = nix::unistd::dup2_stdout(&out_w);
+                let _ = nix::unistd::dup2_stderr(&err_w);
+            }
             drop((out_w, err_w, null));
             container::init_main(plan, &req.seccomp, sync_child, netns)
         }

@@ -565,6 +565,7 @@ async fn three_managers_join_replicate_authorize_fail_over_and_restart() -> anyh
     assert_eq!(old, 0);
     let killed_at = Instant::now();
     members[old].stop().await?;
+    let stopped_in = killed_at.elapsed();
     let survivor = if old == 1 { 2 } else { 1 };
     let after = unique("after");
     let mut first_ok = None;
@@ -587,7 +588,9 @@ async fn three_managers_join_replicate_authorize_fail_over_and_restart() -> anyh
         }
     }
     let failover = first_ok.context("failover")?;
-    println!("FAILOVER: leader stopped -> first write committed by the new leader in {failover:?}");
+    println!(
+        "FAILOVER: leader shutdown began -> first write committed by the new leader in {failover:?} (of which {stopped_in:?} stopping the old leader)"
+    );
     let new_leader = leader_of(&members).await?;
     assert_ne!(new_leader, old);
 
@@ -780,6 +783,52 @@ async fn demoting_a_follower_removes_it_from_raft_and_makes_it_a_worker() -> any
             spec: Some(service_spec(&unique("two"))),
         })
         .await?;
+
+    // Demoting the leader itself (asked on the follower): it removes itself from the voters
+    // and steps down; the remaining manager leads and records the role change.
+    let leader_id = members[0].node_id.clone();
+    let mut cb = control(&members[1].addr, &members[1].creds).await?;
+    let node = cb
+        .get_node(GetNodeRequest {
+            node_id: leader_id.clone(),
+        })
+        .await?
+        .into_inner()
+        .node
+        .context("node")?;
+    let mut spec = node.spec.clone().context("spec")?;
+    spec.desired_role = NodeRole::Worker as i32;
+    cb.update_node(UpdateNodeRequest {
+        node_id: leader_id.clone(),
+        node_version: node.meta.map_or(0, |m| m.version),
+        spec: Some(spec),
+    })
+    .await?;
+    let b = members[1].manager()?;
+    wait_until(
+        "the other manager leads and the old leader is a worker",
+        Duration::from_secs(10),
+        || {
+            let mut cb = cb.clone();
+            let id = leader_id.clone();
+            let leads = b.is_leader();
+            let (addr, creds) = (members[1].addr.clone(), members[1].creds.clone());
+            async move {
+                let worker = cb
+                    .get_node(GetNodeRequest { node_id: id })
+                    .await
+                    .ok()
+                    .and_then(|r| r.into_inner().node)
+                    .is_some_and(|n| n.role == NodeRole::Worker as i32);
+                leads && worker && voters(&addr, &creds).await.unwrap_or(0) == 1
+            }
+        },
+    )
+    .await?;
+    cb.create_service(CreateServiceRequest {
+        spec: Some(service_spec(&unique("one"))),
+    })
+    .await?;
     for m in members.iter_mut() {
         m.stop().await?;
     }
@@ -838,5 +887,102 @@ async fn force_new_cluster_recovers_a_lone_survivor_with_all_its_state() -> anyh
         .await?;
     assert_eq!(service_names(&addr, &creds).await?.len(), 2);
     lone.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_promoted_worker_renews_as_manager_and_joins_raft() -> anyhow::Result<()> {
+    let (mut members, worker_token) = start_cluster(0).await?;
+    let (addr, admin) = (members[0].addr.clone(), members[0].creds.clone());
+    let (worker_id, worker_creds) = join_via_ca(&addr, &worker_token).await?;
+    let mut c = control(&addr, &admin).await?;
+    let node = c
+        .get_node(GetNodeRequest {
+            node_id: worker_id.clone(),
+        })
+        .await?
+        .into_inner()
+        .node
+        .context("node")?;
+    let mut spec = node.spec.clone().context("spec")?;
+    spec.desired_role = NodeRole::Manager as i32;
+    c.update_node(UpdateNodeRequest {
+        node_id: worker_id.clone(),
+        node_version: node.meta.map_or(0, |m| m.version),
+        spec: Some(spec),
+    })
+    .await?;
+    wait_until(
+        "the reconciler makes it a manager",
+        Duration::from_secs(10),
+        || {
+            let mut c = c.clone();
+            let id = worker_id.clone();
+            async move {
+                c.get_node(GetNodeRequest { node_id: id })
+                    .await
+                    .ok()
+                    .and_then(|r| r.into_inner().node)
+                    .is_some_and(|n| n.role == NodeRole::Manager as i32)
+            }
+        },
+    )
+    .await?;
+    // Its renewal now carries the manager role.
+    let bundle = generate_key_and_csr(&worker_id)?;
+    let mut ca = CaClient::new(channel(&addr, &worker_creds).await?);
+    ca.renew_node_certificate(RenewNodeCertificateRequest {
+        csr: bundle.csr_pem.clone().into_bytes(),
+    })
+    .await?;
+    let cert = ca
+        .node_certificate_status(NodeCertificateStatusRequest {
+            node_id: worker_id.clone(),
+        })
+        .await?
+        .into_inner()
+        .certificate
+        .context("certificate")?;
+    let creds = NodeCredentials {
+        cert_pem: String::from_utf8(cert.certificate)?,
+        key_pem: bundle.key_pem,
+        ca_pem: worker_creds.ca_pem.clone(),
+    };
+    assert_eq!(creds.identity()?.role, Role::Manager);
+    // With it, the node's manager side joins raft.
+    let dir = tempfile::tempdir()?;
+    let (listener, my_addr) = free_addr().await?;
+    let manager = Manager::join(
+        config(dir.path(), &worker_id, &my_addr),
+        creds.clone(),
+        vec![addr.clone()],
+    )
+    .await?;
+    let running = serve_on(manager, listener).await?;
+    running.manager.wait_joined(Duration::from_secs(20)).await?;
+    members.push(Member {
+        dir,
+        node_id: worker_id.clone(),
+        addr: my_addr.clone(),
+        creds: creds.clone(),
+        running: Some(running),
+    });
+    assert_eq!(voters(&addr, &admin).await?, 2);
+    let status = control(&my_addr, &creds)
+        .await?
+        .get_node(GetNodeRequest {
+            node_id: worker_id.clone(),
+        })
+        .await?
+        .into_inner()
+        .node
+        .context("node")?
+        .manager_status
+        .context("manager status")?;
+    assert_eq!(status.addr, my_addr);
+    assert!(!status.leader);
+    for m in members.iter_mut() {
+        m.stop().await?;
+    }
     Ok(())
 }

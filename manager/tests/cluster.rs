@@ -863,6 +863,28 @@ async fn force_new_cluster_recovers_a_lone_survivor_with_all_its_state() -> anyh
         m.stop().await?;
     }
     let lone = &mut members[1];
+    // Reopened normally, it cannot commit: writes fail with the no-quorum advice.
+    let mut cfg = config(lone.dir.path(), &lone.node_id, &lone.addr);
+    cfg.raft.write_timeout = Duration::from_secs(1);
+    let manager = Manager::open(cfg, lone.creds.clone()).await?;
+    lone.running = Some(serve(manager, &lone.addr).await?);
+    let err = control(&lone.addr, &lone.creds)
+        .await?
+        .create_service(CreateServiceRequest {
+            spec: Some(service_spec(&unique("lost"))),
+        })
+        .await
+        .expect_err("no quorum");
+    assert_eq!(err.code(), Code::Unavailable);
+    assert!(err.message().starts_with("no quorum:"), "{}", err.message());
+    assert!(
+        err.message().contains(
+            "a majority of managers must be reachable; if they are lost for good, run `berth swarm init --force-new-cluster` on a surviving manager"
+        ),
+        "{}",
+        err.message()
+    );
+    lone.stop().await?;
     let manager = Manager::force_new_cluster(
         config(lone.dir.path(), &lone.node_id, &lone.addr),
         lone.creds.clone(),

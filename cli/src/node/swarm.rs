@@ -1,0 +1,484 @@
+//! This daemon's part in a swarm: `swarm init`, `join`, `leave`, and resuming after a restart.
+//!
+//! A node in a swarm has saved credentials (`certificates/`), a saved [`Membership`]
+//! (`swarm.json`) and, on managers, Raft data (`raft/`). A manager serves its gRPC services
+//! (CA, Control, Raft, RaftMembership) with mutual TLS on the cluster port, and the local
+//! socket's Control API is forwarded to it with the node's own certificate.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use berth_manager::manager::{InitOptions, Manager, ManagerConfig};
+use berth_proto::identity::Role;
+use berth_proto::identity::{CertDir, NodeCredentials, client_tls_config};
+use berth_proto::v1::{
+    InfoResponse, LocalSwarmState, NodeAvailability, NodeRole, SwarmInitRequest, SwarmJoinRequest,
+};
+use tokio::net::TcpListener;
+use tokio::sync::Mutex;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+
+use super::StateDir;
+use super::forward::Target;
+use super::membership::Membership;
+
+/// The default cluster port.
+const DEFAULT_PORT: u16 = 4377;
+
+/// The swarm side of the daemon.
+#[derive(Debug)]
+pub struct Swarm {
+    state: Arc<StateDir>,
+    control: Target,
+    active: Mutex<Option<Active>>,
+}
+
+/// A node that is part of a swarm.
+#[derive(Debug)]
+struct Active {
+    membership: Membership,
+    manager: Option<Arc<Manager>>,
+    server: Option<ClusterServer>,
+}
+
+/// The cluster port's gRPC server.
+#[derive(Debug)]
+struct ClusterServer {
+    cancel: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl ClusterServer {
+    async fn stop(self) {
+        self.cancel.cancel();
+        let _ = self.task.await;
+    }
+}
+
+impl Swarm {
+    /// The swarm side over `state`, forwarding local Control calls through `control`.
+    pub fn new(state: Arc<StateDir>, control: Target) -> Self {
+        Self {
+            state,
+            control,
+            active: Mutex::new(None),
+        }
+    }
+
+    fn cert_dir(&self) -> CertDir {
+        CertDir::new(self.state.root().join("certificates"))
+    }
+
+    /// Rejoins the swarm this node was part of before a restart, if any.
+    pub async fn resume(&self) -> anyhow::Result<()> {
+        let Some(membership) = Membership::load(self.state.root())? else {
+            return Ok(());
+        };
+        let creds = self
+            .cert_dir()
+            .load()
+            .context("loading this node's certificates")?;
+        let mut active = Active {
+            membership: membership.clone(),
+            manager: None,
+            server: None,
+        };
+        if membership.manager {
+            let manager = Manager::open(self.manager_config(&membership), creds.clone())
+                .await
+                .context("reopening this node's manager")?;
+            self.serve_manager(&mut active, Arc::new(manager), &creds)
+                .await?;
+        }
+        tracing::info!(node_id = %membership.node_id, manager = membership.manager, "rejoined the swarm");
+        *self.active.lock().await = Some(active);
+        Ok(())
+    }
+
+    fn manager_config(&self, membership: &Membership) -> ManagerConfig {
+        ManagerConfig::new(
+            self.state.root(),
+            membership.node_id.clone(),
+            membership.advertise_addr.clone(),
+        )
+    }
+
+    /// `berth swarm init`.
+    pub async fn init(&self, request: SwarmInitRequest) -> anyhow::Result<String> {
+        let mut guard = self.active.lock().await;
+        if request.force_new_cluster {
+            return self.force_new_cluster(&mut guard).await;
+        }
+        if guard.is_some() {
+            anyhow::bail!(
+                "This node is already part of a swarm. Use \"berth swarm leave\" to leave this swarm and join another one."
+            );
+        }
+        let listen_addr = listen_addr(&request.listen_addr)?;
+        let advertise_addr = advertise_addr(&request.advertise_addr, listen_addr)?;
+        let node_id = berth_proto::ids::try_new_id()?;
+        let cfg = ManagerConfig::new(self.state.root(), node_id.clone(), advertise_addr.clone());
+        let opts = InitOptions {
+            hostname: hostname(),
+            availability: NodeAvailability::try_from(request.availability)
+                .unwrap_or(NodeAvailability::Active),
+            cert_expiry: request.cert_expiry.map(duration),
+            dispatcher_heartbeat: request.dispatcher_heartbeat.map(duration),
+            task_history_limit: request.task_history_limit,
+            default_addr_pool: request.default_addr_pool.clone(),
+            subnet_size: request.default_addr_pool_mask_len,
+            data_path_port: request.data_path_port,
+            snapshot_interval: request.snapshot_interval,
+        };
+        // Bind first: a port in use fails the init before any state is written.
+        let listener = TcpListener::bind(listen_addr)
+            .await
+            .with_context(|| format!("listening on {listen_addr}"))?;
+        let (manager, creds) = Manager::init_cluster(cfg, opts).await?;
+        self.cert_dir()
+            .save(&creds)
+            .context("saving this node's certificates")?;
+        let membership = Membership {
+            node_id: node_id.clone(),
+            cluster_id: manager.cluster_id().to_string(),
+            manager: true,
+            listen_addr: listen_addr.to_string(),
+            advertise_addr: advertise_addr.clone(),
+            manager_addrs: vec![advertise_addr],
+        };
+        membership.save(self.state.root())?;
+        let mut active = Active {
+            membership,
+            manager: None,
+            server: None,
+        };
+        self.serve_manager_on(&mut active, Arc::new(manager), &creds, listener)?;
+        *guard = Some(active);
+        tracing::info!(%node_id, "swarm initialized");
+        Ok(node_id)
+    }
+
+    /// `berth swarm join`: joins through any of the given managers with the token, which
+    /// decides the role.
+    pub async fn join(&self, request: SwarmJoinRequest) -> anyhow::Result<(String, NodeRole)> {
+        let mut guard = self.active.lock().await;
+        if guard.is_some() {
+            anyhow::bail!(
+                "This node is already part of a swarm. Use \"berth swarm leave\" to leave this swarm and join another one."
+            );
+        }
+        if request.remote_addrs.is_empty() {
+            anyhow::bail!("no manager address given: berth swarm join --token TOKEN HOST:PORT");
+        }
+        let listen_addr = listen_addr(&request.listen_addr)?;
+        let advertise_addr = advertise_addr(&request.advertise_addr, listen_addr)?;
+        let remotes: Vec<String> = request
+            .remote_addrs
+            .iter()
+            .map(|addr| with_default_port(addr))
+            .collect();
+        // Bind first: a port in use fails the join before the cluster records this node.
+        let listener = TcpListener::bind(listen_addr)
+            .await
+            .with_context(|| format!("listening on {listen_addr}"))?;
+        let availability =
+            NodeAvailability::try_from(request.availability).unwrap_or(NodeAvailability::Active);
+        let joined =
+            berth_agent::join::join_cluster(&remotes, &request.join_token, None, availability)
+                .await?;
+        self.cert_dir()
+            .save(&joined.credentials)
+            .context("saving this node's certificates")?;
+        let mut manager_addrs = vec![joined.manager_addr.clone()];
+        manager_addrs.extend(
+            remotes
+                .iter()
+                .filter(|a| **a != joined.manager_addr)
+                .cloned(),
+        );
+        let is_manager = joined.role == Role::Manager;
+        let membership = Membership {
+            node_id: joined.node_id.clone(),
+            cluster_id: joined.cluster_id.clone(),
+            manager: is_manager,
+            listen_addr: listen_addr.to_string(),
+            advertise_addr,
+            manager_addrs: manager_addrs.clone(),
+        };
+        membership.save(self.state.root())?;
+        let mut active = Active {
+            membership,
+            manager: None,
+            server: None,
+        };
+        if is_manager {
+            let manager = Manager::join(
+                self.manager_config(&active.membership),
+                joined.credentials.clone(),
+                manager_addrs,
+            )
+            .await?;
+            let manager = Arc::new(manager);
+            self.serve_manager_on(&mut active, manager.clone(), &joined.credentials, listener)?;
+            manager
+                .wait_joined(Duration::from_secs(30))
+                .await
+                .context("joining the managers' Raft group")?;
+        } else {
+            drop(listener);
+        }
+        *guard = Some(active);
+        let role = if is_manager {
+            NodeRole::Manager
+        } else {
+            NodeRole::Worker
+        };
+        tracing::info!(node_id = %joined.node_id, ?role, "joined the swarm");
+        Ok((joined.node_id, role))
+    }
+
+    async fn force_new_cluster(&self, guard: &mut Option<Active>) -> anyhow::Result<String> {
+        let membership = match guard.as_ref() {
+            Some(active) => active.membership.clone(),
+            None => Membership::load(self.state.root())?
+                .context("this node was never part of a swarm: nothing to recover")?,
+        };
+        if !membership.manager {
+            anyhow::bail!("--force-new-cluster needs a manager's state; this node is a worker");
+        }
+        if let Some(active) = guard.take() {
+            stop_active(active).await;
+        }
+        let creds = self
+            .cert_dir()
+            .load()
+            .context("loading this node's certificates")?;
+        let manager = Manager::force_new_cluster(self.manager_config(&membership), creds.clone())
+            .await
+            .context("forcing a new cluster from this manager's state")?;
+        let mut membership = membership;
+        membership.manager_addrs = vec![membership.advertise_addr.clone()];
+        membership.save(self.state.root())?;
+        let mut active = Active {
+            membership: membership.clone(),
+            manager: None,
+            server: None,
+        };
+        self.serve_manager(&mut active, Arc::new(manager), &creds)
+            .await?;
+        *guard = Some(active);
+        Ok(membership.node_id)
+    }
+
+    async fn serve_manager(
+        &self,
+        active: &mut Active,
+        manager: Arc<Manager>,
+        creds: &NodeCredentials,
+    ) -> anyhow::Result<()> {
+        let addr: SocketAddr = active.membership.listen_addr.parse()?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listening on {addr}"))?;
+        self.serve_manager_on(active, manager, creds, listener)
+    }
+
+    /// Serves `manager`'s routes on `listener` and points local Control calls at it.
+    fn serve_manager_on(
+        &self,
+        active: &mut Active,
+        manager: Arc<Manager>,
+        creds: &NodeCredentials,
+        listener: TcpListener,
+    ) -> anyhow::Result<()> {
+        let tls = manager.server_tls_config()?;
+        let routes = manager.routes();
+        let cancel = CancellationToken::new();
+        let shutdown = cancel.clone().cancelled_owned();
+        let server = tonic::transport::Server::builder()
+            .tls_config(tls)
+            .context("configuring TLS on the cluster port")?
+            .add_routes(routes);
+        let addr = active.membership.listen_addr.clone();
+        let task = tokio::spawn(async move {
+            if let Err(err) = server
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+                .await
+            {
+                tracing::error!(%addr, "cluster port stopped: {err}");
+            }
+        });
+        self.control.set(Some(manager_channel(
+            &active.membership.advertise_addr,
+            creds,
+        )?));
+        active.manager = Some(manager);
+        active.server = Some(ClusterServer { cancel, task });
+        Ok(())
+    }
+
+    /// `berth swarm leave`.
+    pub async fn leave(&self, force: bool) -> anyhow::Result<()> {
+        let mut guard = self.active.lock().await;
+        let Some(active) = guard.as_ref() else {
+            anyhow::bail!("This node is not part of a swarm");
+        };
+        if active.manager.is_some() && !force {
+            anyhow::bail!(
+                "You are attempting to leave the swarm on a node that is participating as a manager. Removing the last manager erases all current state of the swarm, and leaving a manager without demoting it first can cost the others their quorum. Demote it first (berth node demote), or use `--force` to ignore this message."
+            );
+        }
+        if let Some(active) = guard.take() {
+            stop_active(active).await;
+        }
+        self.control.set(None);
+        Membership::remove(self.state.root())?;
+        for dir in ["certificates", berth_manager::manager::RAFT_DIR] {
+            let path = self.state.root().join(dir);
+            if path.exists() {
+                std::fs::remove_dir_all(&path).with_context(|| format!("removing {path:?}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Fills the swarm part of `berth info`.
+    pub async fn describe(&self, info: &mut InfoResponse) {
+        let guard = self.active.lock().await;
+        match guard.as_ref() {
+            None => info.swarm_state = LocalSwarmState::Inactive as i32,
+            Some(active) => {
+                info.swarm_state = LocalSwarmState::Active as i32;
+                info.node_id = active.membership.node_id.clone();
+                info.cluster_id = active.membership.cluster_id.clone();
+                info.is_manager = active.manager.is_some();
+                info.node_addr = active.membership.advertise_addr.clone();
+                info.manager_addrs = active.membership.manager_addrs.clone();
+            }
+        }
+    }
+
+    /// Stops the swarm side at daemon shutdown (state is kept).
+    pub async fn shutdown(&self) {
+        if let Some(active) = self.active.lock().await.take() {
+            stop_active(active).await;
+        }
+    }
+}
+
+async fn stop_active(active: Active) {
+    if let Some(server) = active.server {
+        server.stop().await;
+    }
+    if let Some(manager) = active.manager {
+        match Arc::try_unwrap(manager) {
+            Ok(manager) => {
+                if let Err(err) = manager.shutdown().await {
+                    tracing::warn!("manager shutdown: {err}");
+                }
+            }
+            Err(_) => tracing::warn!("manager still in use at shutdown"),
+        }
+    }
+}
+
+/// A channel to a manager's cluster port, authenticated with this node's certificate.
+fn manager_channel(addr: &str, creds: &NodeCredentials) -> anyhow::Result<Channel> {
+    let endpoint = Endpoint::from_shared(format!("https://{addr}"))?
+        .tls_config(client_tls_config(creds)?)?
+        .connect_timeout(Duration::from_secs(5));
+    Ok(endpoint.connect_lazy())
+}
+
+/// `--listen-addr`: `IP[:port]`, port 4377 by default.
+fn listen_addr(text: &str) -> anyhow::Result<SocketAddr> {
+    let text = if text.is_empty() { "0.0.0.0" } else { text };
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let ip: std::net::IpAddr = text
+        .parse()
+        .map_err(|_| anyhow::anyhow!("invalid listen address {text:?}: expected IP[:port]"))?;
+    Ok(SocketAddr::new(ip, DEFAULT_PORT))
+}
+
+/// `--advertise-addr`: `IP[:port]`, the port defaulting to the listen port; when empty, the
+/// listen address if it names one IP.
+fn advertise_addr(text: &str, listen: SocketAddr) -> anyhow::Result<String> {
+    if text.is_empty() {
+        if listen.ip().is_unspecified() {
+            anyhow::bail!(
+                "could not choose an IP address to advertise since the listen address is {listen}: use --advertise-addr"
+            );
+        }
+        return Ok(listen.to_string());
+    }
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr.to_string());
+    }
+    let ip: std::net::IpAddr = text
+        .parse()
+        .map_err(|_| anyhow::anyhow!("invalid advertise address {text:?}: expected IP[:port]"))?;
+    Ok(SocketAddr::new(ip, listen.port()).to_string())
+}
+
+/// A manager address with the default port when none is given.
+fn with_default_port(addr: &str) -> String {
+    if addr.parse::<SocketAddr>().is_ok()
+        || addr
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        addr.to_string()
+    } else {
+        format!("{addr}:{DEFAULT_PORT}")
+    }
+}
+
+fn duration(d: prost_types::Duration) -> Duration {
+    Duration::new(
+        u64::try_from(d.seconds).unwrap_or(0),
+        u32::try_from(d.nanos).unwrap_or(0),
+    )
+}
+
+/// The machine's host name.
+pub fn hostname() -> String {
+    nix::unistd::gethostname()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_default_like_docker() {
+        assert_eq!(listen_addr("").unwrap().to_string(), "0.0.0.0:4377");
+        assert_eq!(
+            listen_addr("10.1.2.3").unwrap().to_string(),
+            "10.1.2.3:4377"
+        );
+        assert_eq!(
+            listen_addr("10.1.2.3:5000").unwrap().to_string(),
+            "10.1.2.3:5000"
+        );
+        assert!(listen_addr("eth0x").is_err());
+        let listen = listen_addr("0.0.0.0:4400").unwrap();
+        assert_eq!(advertise_addr("10.0.0.5", listen).unwrap(), "10.0.0.5:4400");
+        assert!(
+            advertise_addr("", listen)
+                .unwrap_err()
+                .to_string()
+                .contains("--advertise-addr")
+        );
+        let specific = listen_addr("10.0.0.9").unwrap();
+        assert_eq!(advertise_addr("", specific).unwrap(), "10.0.0.9:4377");
+    }
+}

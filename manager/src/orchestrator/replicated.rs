@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::driver::{Reconciler, drive};
 use super::slot::{DecideConfig, Decision, Plan, SlotMode, decide_slot, to_unit};
-use super::task::{SlotKey, by_age, desired, is_global, replicas};
+use super::task::{SlotKey, by_age, desired, is_assigned, is_global, observed, replicas};
 use super::writer::{Unit, Writer};
 use super::{OrchestratorConfig, OrchestratorError};
 use crate::store::{By, ChangeSet, Event, Object, Store, StoreAction, Tables};
@@ -70,6 +70,21 @@ pub fn reconcile_replicated(
     plan
 }
 
+/// The part of a task the orchestrators' decisions depend on: a status update that leaves it
+/// unchanged (a new message, PREPARING → STARTING, ...) cannot change a decision.
+fn decision_view(t: &Task) -> (&str, u64, &str, u64, TaskState, bool, Option<TaskState>) {
+    let state = observed(t);
+    (
+        t.service_id.as_str(),
+        t.slot,
+        t.node_id.as_str(),
+        t.spec_version,
+        desired(t),
+        is_assigned(t),
+        state.is_terminal().then_some(state),
+    )
+}
+
 /// Services to reconcile, and per-service timers. Shared by both orchestrators.
 #[derive(Debug, Default)]
 pub(crate) struct ServiceQueue {
@@ -87,16 +102,20 @@ impl ServiceQueue {
                     self.services.insert(s.id.clone());
                 }
                 Object::Task(t) => {
-                    if !t.service_id.is_empty() {
-                        self.services.insert(t.service_id.clone());
-                    }
                     if let Event::Updated {
                         old: Object::Task(o),
                         ..
                     } = event
-                        && o.service_id != t.service_id
                     {
-                        self.services.insert(o.service_id.clone());
+                        if decision_view(o) == decision_view(t) {
+                            continue;
+                        }
+                        if o.service_id != t.service_id {
+                            self.services.insert(o.service_id.clone());
+                        }
+                    }
+                    if !t.service_id.is_empty() {
+                        self.services.insert(t.service_id.clone());
                     }
                 }
                 Object::Node(n) => {
@@ -698,5 +717,35 @@ mod tests {
         }
         // And deciding again on the result changes nothing.
         assert_eq!(decide(&fx, "s", 4).decisions, vec![]);
+    }
+
+    #[test]
+    fn status_refreshes_do_not_wake_the_orchestrator() {
+        use crate::store::{ChangeSet, Event, Object};
+        let svc = replicated("s", 1, None);
+        let assigned = task("t", &svc, 1, "n1", TaskState::Assigned, Running);
+        let mut refreshed = observed_as(running("t", &svc, 1, "n1"), TaskState::Preparing);
+        refreshed.status.as_mut().expect("status").message = "pulling".into();
+        let change = |old: &Task, new: &Task| ChangeSet {
+            version: 2,
+            timestamp: crate::store::timestamp(0, 0),
+            events: vec![Event::Updated {
+                old: Object::Task(Arc::new(old.clone())),
+                new: Object::Task(Arc::new(new.clone())),
+            }],
+        };
+        let mut q = ServiceQueue::default();
+        q.observe(&change(&assigned, &refreshed));
+        assert!(!q.is_dirty());
+        let pending = task("t", &svc, 1, "", TaskState::Pending, Running);
+        for (old, new) in [
+            (&pending, &assigned),
+            (&refreshed, &observed_as(refreshed.clone(), Failed)),
+            (&refreshed, &desired_as(refreshed.clone(), Shutdown)),
+        ] {
+            let mut q = ServiceQueue::default();
+            q.observe(&change(old, new));
+            assert_eq!(q.services, BTreeSet::from(["s".to_string()]));
+        }
     }
 }

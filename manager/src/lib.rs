@@ -3,6 +3,7 @@
 pub mod ca;
 pub mod orchestrator;
 pub mod control;
+pub mod dispatcher;
 pub mod manager;
 
 pub mod raft;

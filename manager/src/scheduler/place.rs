@@ -63,6 +63,10 @@ pub fn schedule(tables: &Tables, now: SystemTime) -> Round {
     }
     for t in preset {
         let needs = Needs::of(t);
+        if let Err(e) = &needs.constraints {
+            round.unplaced.push((t.id.clone(), e.to_string()));
+            continue;
+        }
         let verdict = match index.get(t.node_id.as_str()) {
             None => Some(Rejection::NotAvailable),
             Some(&i) => needs.first_failure(&nodes[i]),
@@ -730,6 +734,30 @@ mod tests {
         assert_eq!(
             schedule(&fx.tables, at(3)).assigned,
             vec![("ready".into(), "n1".into())]
+        );
+    }
+
+    #[test]
+    fn a_global_task_with_an_invalid_constraint_says_so() {
+        let svc = with_placement(global("g", None), |p| {
+            p.constraints = vec!["node.colour==red".into()];
+        });
+        let mut fx = Fx::new();
+        fx.create(1, objs![node("n1"), svc.clone()]);
+        fx.create(
+            2,
+            objs![task(
+                "g1",
+                &svc,
+                0,
+                "n1",
+                TaskState::Pending,
+                TaskState::Running
+            )],
+        );
+        assert_eq!(
+            reasons(&schedule(&fx.tables, at(3))),
+            vec!["invalid constraint \"node.colour==red\": unknown key \"node.colour\""]
         );
     }
 }

@@ -1,5 +1,6 @@
 //! Berth node agent.
 
+pub mod engine;
 pub mod image;
 pub mod join;
 pub mod runtime;

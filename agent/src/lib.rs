@@ -4,4 +4,5 @@ pub mod engine;
 pub mod image;
 pub mod join;
 pub mod runtime;
+pub mod session;
 pub mod worker;

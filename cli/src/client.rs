@@ -38,6 +38,28 @@ pub enum ClientCommand {
     /// Manage swarm nodes
     #[command(subcommand)]
     Node(crate::commands::node::NodeCommand),
+    /// Manage swarm services
+    #[command(subcommand)]
+    Service(crate::commands::service::ServiceCommand),
+    /// Create and run a new container from an image
+    Run(Box<crate::commands::container::RunArgs>),
+    /// List containers
+    Ps(crate::commands::container::PsArgs),
+    /// Fetch the logs of a container
+    Logs(crate::commands::container::LogsArgs),
+    /// Execute a command in a running container
+    Exec(crate::commands::container::ExecArgs),
+    /// Stop one or more running containers
+    Stop(crate::commands::container::StopArgs),
+    /// Kill one or more running containers
+    Kill(crate::commands::container::KillArgs),
+    /// Remove one or more containers
+    Rm(crate::commands::container::RmArgs),
+    /// Return low-level information on containers and images
+    Inspect(crate::commands::container::InspectArgs),
+    /// Manage images
+    #[command(subcommand)]
+    Image(crate::commands::image::ImageCommand),
 }
 
 /// `berth info`.

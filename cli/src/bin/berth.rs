@@ -28,6 +28,16 @@ fn run(args: ClientArgs) -> anyhow::Result<ExitCode> {
             }
             ClientCommand::Swarm(command) => commands::swarm::run(&mut daemon, command).await,
             ClientCommand::Node(command) => commands::node::run(&mut daemon, command).await,
+            ClientCommand::Service(command) => commands::service::run(&mut daemon, command).await,
+            ClientCommand::Run(args) => commands::container::run(&mut daemon, *args).await,
+            ClientCommand::Ps(args) => commands::container::ps(&mut daemon, args).await,
+            ClientCommand::Logs(args) => commands::container::logs(&mut daemon, args).await,
+            ClientCommand::Exec(args) => commands::container::exec(&mut daemon, args).await,
+            ClientCommand::Stop(args) => commands::container::stop(&mut daemon, args).await,
+            ClientCommand::Kill(args) => commands::container::kill(&mut daemon, args).await,
+            ClientCommand::Rm(args) => commands::container::rm(&mut daemon, args).await,
+            ClientCommand::Inspect(args) => commands::container::inspect(&mut daemon, args).await,
+            ClientCommand::Image(command) => commands::image::run(&mut daemon, command).await,
         }
     })?;
     Ok(ExitCode::SUCCESS)

@@ -7,6 +7,9 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
+    // The runtime re-executes this binary as its single-threaded container setup helper;
+    // that must happen before anything else, threads above all.
+    berth_agent::runtime::init::maybe_run_init();
     let args = DaemonArgs::parse();
     berth_cli::exit::report(run(args))
 }

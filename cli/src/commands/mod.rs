@@ -1,7 +1,11 @@
 //! What each `berth` command does: calls to the local daemon and the output Docker users know.
 
+pub mod container;
+mod format;
+pub mod image;
 pub mod info;
 pub mod node;
+pub mod service;
 pub mod swarm;
 
 use berth_proto::v1::control_client::ControlClient;

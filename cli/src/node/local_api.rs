@@ -36,7 +36,11 @@ pub struct LocalApi {
 impl LocalApi {
     /// A service over the daemon's state and its swarm side.
     pub fn new(state: Arc<StateDir>, swarm: Arc<Swarm>, engine: Arc<Engine>) -> Self {
-        Self { state, swarm, engine }
+        Self {
+            state,
+            swarm,
+            engine,
+        }
     }
 }
 
@@ -107,7 +111,8 @@ impl LocalNode for LocalApi {
         request: Request<tonic::Streaming<pb::ImageLoadChunk>>,
     ) -> Result<Response<pb::ImageLoadResponse>, Status> {
         require_root(&request)?;
-        Ok(Response::new(self.engine.image_load(request.into_inner()).await?))
+        let reply = self.engine.image_load(request.into_inner()).await?;
+        Ok(Response::new(reply))
     }
 
     async fn image_list(
@@ -115,7 +120,8 @@ impl LocalNode for LocalApi {
         request: Request<pb::ImageListRequest>,
     ) -> Result<Response<pb::ImageListResponse>, Status> {
         require_root(&request)?;
-        Ok(Response::new(self.engine.image_list(request.into_inner()).await?))
+        let reply = self.engine.image_list(request.into_inner()).await?;
+        Ok(Response::new(reply))
     }
 
     async fn image_inspect(
@@ -123,7 +129,8 @@ impl LocalNode for LocalApi {
         request: Request<pb::ImageInspectRequest>,
     ) -> Result<Response<pb::ImageInspectResponse>, Status> {
         require_root(&request)?;
-        Ok(Response::new(self.engine.image_inspect(request.into_inner()).await?))
+        let reply = self.engine.image_inspect(request.into_inner()).await?;
+        Ok(Response::new(reply))
     }
 
     async fn image_remove(
@@ -131,7 +138,8 @@ impl LocalNode for LocalApi {
         request: Request<pb::ImageRemoveRequest>,
     ) -> Result<Response<pb::ImageRemoveResponse>, Status> {
         require_root(&request)?;
-        Ok(Response::new(self.engine.image_remove(request.into_inner()).await?))
+        let reply = self.engine.image_remove(request.into_inner()).await?;
+        Ok(Response::new(reply))
     }
 
     async fn container_create(
@@ -139,7 +147,8 @@ impl LocalNode for LocalApi {
         request: Request<pb::ContainerCreateRequest>,
     ) -> Result<Response<pb::ContainerCreateResponse>, Status> {
         require_root(&request)?;
-        Ok(Response::new(self.engine.container_create(request.into_inner()).await?))
+        let reply = self.engine.container_create(request.into_inner()).await?;
+        Ok(Response::new(reply))
     }
 
     async fn container_start(
@@ -147,7 +156,8 @@ impl LocalNode for LocalApi {
         request: Request<pb::ContainerStartRequest>,
     ) -> Result<Response<pb::ContainerStartResponse>, Status> {
         require_root(&request)?;
-        Ok(Response::new(self.engine.container_start(request.into_inner()).await?))
+        let reply = self.engine.container_start(request.into_inner()).await?;
+        Ok(Response::new(reply))
     }
 
     async fn container_wait(
@@ -155,7 +165,8 @@ impl LocalNode for LocalApi {
         request: Request<pb::ContainerWaitRequest>,
     ) -> Result<Response<pb::ContainerWaitResponse>, Status> {
         require_root(&request)?;
-        Ok(Response::new(self.engine.container_wait(request.into_inner()).await?))
+        let reply = self.engine.container_wait(request.into_inner()).await?;
+        Ok(Response::new(reply))
     }
 
     async fn container_list(
@@ -163,7 +174,8 @@ impl LocalNode for LocalApi {
         request: Request<pb::ContainerListRequest>,
     ) -> Result<Response<pb::ContainerListResponse>, Status> {
         require_root(&request)?;
-        Ok(Response::new(self.engine.container_list(request.into_inner()).await?))
+        let reply = self.engine.container_list(request.into_inner()).await?;
+        Ok(Response::new(reply))
     }
 
     async fn container_inspect(
@@ -171,7 +183,8 @@ impl LocalNode for LocalApi {
         request: Request<pb::ContainerInspectRequest>,
     ) -> Result<Response<pb::ContainerInspectResponse>, Status> {
         require_root(&request)?;
-        Ok(Response::new(self.engine.container_inspect(request.into_inner()).await?))
+        let reply = self.engine.container_inspect(request.into_inner()).await?;
+        Ok(Response::new(reply))
     }
 
     async fn container_logs(
@@ -179,7 +192,8 @@ impl LocalNode for LocalApi {
         request: Request<pb::ContainerLogsRequest>,
     ) -> Result<Response<MessageStream<pb::ContainerLogsMessage>>, Status> {
         require_root(&request)?;
-        Ok(Response::new(self.engine.container_logs(request.into_inner()).await?))
+        let reply = self.engine.container_logs(request.into_inner()).await?;
+        Ok(Response::new(reply))
     }
 
     async fn container_stop(
@@ -187,7 +201,8 @@ impl LocalNode for LocalApi {
         request: Request<pb::ContainerStopRequest>,
     ) -> Result<Response<pb::ContainerStopResponse>, Status> {
         require_root(&request)?;
-        Ok(Response::new(self.engine.container_stop(request.into_inner()).await?))
+        let reply = self.engine.container_stop(request.into_inner()).await?;
+        Ok(Response::new(reply))
     }
 
     async fn container_kill(
@@ -195,7 +210,8 @@ impl LocalNode for LocalApi {
         request: Request<pb::ContainerKillRequest>,
     ) -> Result<Response<pb::ContainerKillResponse>, Status> {
         require_root(&request)?;
-        Ok(Response::new(self.engine.container_kill(request.into_inner()).await?))
+        let reply = self.engine.container_kill(request.into_inner()).await?;
+        Ok(Response::new(reply))
     }
 
     async fn container_remove(
@@ -203,7 +219,8 @@ impl LocalNode for LocalApi {
         request: Request<pb::ContainerRemoveRequest>,
     ) -> Result<Response<pb::ContainerRemoveResponse>, Status> {
         require_root(&request)?;
-        Ok(Response::new(self.engine.container_remove(request.into_inner()).await?))
+        let reply = self.engine.container_remove(request.into_inner()).await?;
+        Ok(Response::new(reply))
     }
 
     async fn container_exec(
@@ -211,7 +228,8 @@ impl LocalNode for LocalApi {
         request: Request<pb::ContainerExecRequest>,
     ) -> Result<Response<MessageStream<pb::ContainerExecMessage>>, Status> {
         require_root(&request)?;
-        Ok(Response::new(self.engine.container_exec(request.into_inner()).await?))
+        let reply = self.engine.container_exec(request.into_inner()).await?;
+        Ok(Response::new(reply))
     }
 
     async fn info(&self, request: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {

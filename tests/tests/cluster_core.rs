@@ -149,3 +149,196 @@ fn wrong_tokens_are_refused_and_create_nothing() -> anyhow::Result<()> {
     assert!(info.contains("Swarm: inactive"), "{info}");
     Ok(())
 }
+
+/// A cluster of three managers (nodes 0, 1, 2), formed through node 0.
+fn three_managers() -> anyhow::Result<TestCluster> {
+    let cluster = TestCluster::new(3)?;
+    cluster.init(0)?;
+    cluster.join(1, 0, "manager")?;
+    cluster.join(2, 0, "manager")?;
+    Ok(cluster)
+}
+
+/// The index of the node `node ls` on `via` marks as Leader.
+fn leader_index(cluster: &TestCluster, via: usize) -> anyhow::Result<Option<usize>> {
+    let out = cluster.node(via).berth(&["node", "ls"])?;
+    if !out.status.success() {
+        return Ok(None);
+    }
+    let table = String::from_utf8(out.stdout)?;
+    let Some(row) = node_rows(&table)
+        .into_iter()
+        .find(|r| r.iter().any(|c| c == "Leader"))
+    else {
+        return Ok(None);
+    };
+    let leader_id = row[0].trim_end_matches(" *").to_string();
+    for (i, node) in cluster.nodes().iter().enumerate() {
+        let info = node.berth(&["info", "--format", "json"])?;
+        if info.status.success() {
+            let json: serde_json::Value = serde_json::from_slice(&info.stdout)?;
+            if json["NodeID"] == leader_id.as_str() {
+                return Ok(Some(i));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Writes a label on node `target`'s own node object through node `via` (a store write).
+fn write_label(
+    cluster: &TestCluster,
+    via: usize,
+    key: &str,
+) -> anyhow::Result<std::process::Output> {
+    cluster
+        .node(via)
+        .berth(&["node", "update", "--label-add", &format!("{key}=1"), "self"])
+}
+
+/// The labels `node inspect self` shows on node `i`, read through node `via`.
+fn labels_on(cluster: &TestCluster, via: usize, of: usize) -> anyhow::Result<serde_json::Value> {
+    let info: serde_json::Value =
+        serde_json::from_str(&cluster.node(of).berth_ok(&["info", "--format", "json"])?)?;
+    let id = info["NodeID"].as_str().unwrap_or_default().to_string();
+    let out = cluster.node(via).berth_ok(&["node", "inspect", &id])?;
+    let json: serde_json::Value = serde_json::from_str(&out)?;
+    Ok(json[0]["Spec"]["Labels"].clone())
+}
+
+#[test]
+fn a_killed_leader_is_replaced_and_catches_up_when_it_returns() -> anyhow::Result<()> {
+    wait::init_test_logging();
+    let mut cluster = three_managers()?;
+    let leader = leader_index(&cluster, 0)?.expect("a leader");
+    let other = (leader + 1) % 3;
+
+    cluster.node_mut(leader).kill9()?;
+    let killed = std::time::Instant::now();
+    let mut attempts = 0;
+    wait::wait_until_or_dump(
+        Duration::from_secs(10),
+        "a write is accepted after the leader was killed",
+        || {
+            attempts += 1;
+            Ok(write_label(&cluster, other, "after-failover")?
+                .status
+                .success())
+        },
+        || cluster.logs(),
+    )?;
+    let failover = killed.elapsed();
+    tracing::info!(
+        ?failover,
+        attempts,
+        "leader failover: kill -9 to the next accepted write"
+    );
+    assert!(
+        failover < Duration::from_secs(2),
+        "failover took {failover:?}"
+    );
+
+    cluster.node_mut(leader).start()?;
+    wait::wait_until_or_dump(
+        Duration::from_secs(10),
+        "the old leader catches up",
+        || Ok(labels_on(&cluster, leader, other)?["after-failover"] == "1"),
+        || cluster.logs(),
+    )?;
+    Ok(())
+}
+
+#[test]
+fn a_partitioned_manager_refuses_writes_and_catches_up_after_healing() -> anyhow::Result<()> {
+    wait::init_test_logging();
+    let cluster = three_managers()?;
+    // Cut off a follower (the leader's own write path is covered by the failover test).
+    let leader = leader_index(&cluster, 0)?.expect("a leader");
+    let isolated = (leader + 1) % 3;
+    let majority = (leader + 2) % 3;
+    cluster.net().cut(cluster.node(isolated).host())?;
+
+    let out = write_label(&cluster, majority, "during-partition")?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = write_label(&cluster, isolated, "isolated")?;
+    assert!(
+        !out.status.success(),
+        "the isolated manager accepted a write"
+    );
+    let err = String::from_utf8(out.stderr)?;
+    assert!(err.starts_with("Error: "), "{err}");
+    tracing::info!(%err, "write on the isolated manager");
+
+    cluster.net().heal(cluster.node(isolated).host())?;
+    wait::wait_until_or_dump(
+        Duration::from_secs(15),
+        "the healed manager sees the majority's write",
+        || Ok(labels_on(&cluster, isolated, majority)?["during-partition"] == "1"),
+        || cluster.logs(),
+    )?;
+    Ok(())
+}
+
+#[test]
+fn restarting_every_manager_loses_nothing_and_lost_quorum_is_recovered() -> anyhow::Result<()> {
+    wait::init_test_logging();
+    let mut cluster = three_managers()?;
+    let out = write_label(&cluster, 0, "before-restart")?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    for i in 0..3 {
+        cluster.node_mut(i).stop(Duration::from_secs(5))?;
+    }
+    for i in 0..3 {
+        cluster.node_mut(i).start()?;
+    }
+    wait::wait_until_or_dump(
+        Duration::from_secs(15),
+        "the restarted cluster has a leader and the label",
+        || Ok(labels_on(&cluster, 1, 0)?["before-restart"] == "1"),
+        || cluster.logs(),
+    )?;
+
+    // Lose two of three managers for good.
+    cluster.node_mut(1).kill9()?;
+    cluster.node_mut(2).kill9()?;
+    let out = write_label(&cluster, 0, "without-quorum")?;
+    assert!(!out.status.success(), "a write succeeded without quorum");
+    let err = String::from_utf8(out.stderr)?;
+    assert!(
+        err.contains("quorum") && err.contains("--force-new-cluster"),
+        "{err}"
+    );
+
+    let addr = cluster.node(0).cluster_addr();
+    cluster.node(0).berth_ok(&[
+        "swarm",
+        "init",
+        "--force-new-cluster",
+        "--advertise-addr",
+        &addr,
+        "--listen-addr",
+        &addr,
+    ])
+    .map_err(|err| anyhow::anyhow!("{err:#}\n{}", cluster.node(0).log()))?;
+    let out = write_label(&cluster, 0, "after-recovery")?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let labels = labels_on(&cluster, 0, 0)?;
+    assert_eq!(labels["before-restart"], "1", "{labels}");
+    assert_eq!(labels["after-recovery"], "1", "{labels}");
+    let ls = cluster.node(0).berth_ok(&["node", "ls"])?;
+    assert_eq!(node_rows(&ls).len(), 3, "all nodes are still known:\n{ls}");
+    Ok(())
+}

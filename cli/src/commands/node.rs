@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 
 use berth_proto::v1::{
-    InfoRequest, ListNodesRequest, Node, NodeAvailability, NodeRole, NodeState, Reachability,
-    RemoveNodeRequest, UpdateNodeRequest,
+    InfoRequest, ListNodesRequest, Node, NodeAvailability, NodeRole, NodeSpec, NodeState,
+    Reachability, RemoveNodeRequest, UpdateNodeRequest,
 };
 use clap::{Args, Subcommand};
 
@@ -28,6 +28,8 @@ pub enum NodeCommand {
     /// Remove one or more nodes from the swarm
     #[command(visible_alias = "remove")]
     Rm(RmArgs),
+    /// List tasks running on one or more nodes, defaults to current node
+    Ps(super::service::ps::NodePsArgs),
 }
 
 /// `berth node ls`.
@@ -96,6 +98,7 @@ pub async fn run(daemon: &mut Daemon, command: NodeCommand) -> anyhow::Result<()
         NodeCommand::Ls(args) => ls(daemon, args).await,
         NodeCommand::Inspect(args) => inspect(daemon, args).await,
         NodeCommand::Update(args) => update(daemon, args).await,
+        NodeCommand::Ps(args) => super::service::ps::node_ps(daemon, args).await,
         NodeCommand::Promote(args) => {
             for name in args.nodes {
                 let node = resolve(daemon, &name).await?;
@@ -359,65 +362,98 @@ async fn inspect(daemon: &mut Daemon, args: InspectArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Applies `change` to the node's spec and writes it with the version it was read at. The
+/// change is a delta (a label, a role, an availability), so when the system moved the node on
+/// meanwhile (its status or manager status; "update out of sequence") the delta is applied
+/// again to a fresh read, a few times.
+async fn update_spec(
+    daemon: &mut Daemon,
+    name: &str,
+    change: impl Fn(&mut NodeSpec) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let mut attempts = 0;
+    loop {
+        let node = resolve(daemon, name).await?;
+        let mut spec = node.spec.clone().unwrap_or_default();
+        change(&mut spec)?;
+        let result = daemon
+            .control
+            .update_node(UpdateNodeRequest {
+                node_id: node.id.clone(),
+                node_version: node.meta.as_ref().map_or(0, |m| m.version),
+                spec: Some(spec),
+            })
+            .await;
+        match result {
+            Ok(_) => return Ok(()),
+            Err(status)
+                if status.code() == tonic::Code::FailedPrecondition
+                    && status.message().contains("out of sequence")
+                    && attempts < 5 =>
+            {
+                attempts += 1;
+            }
+            Err(status) => return Err(status_error(status)),
+        }
+    }
+}
+
 async fn set_role(daemon: &mut Daemon, node: Node, role: NodeRole) -> anyhow::Result<()> {
-    let mut spec = node.spec.clone().unwrap_or_default();
-    spec.desired_role = role as i32;
-    daemon
-        .control
-        .update_node(UpdateNodeRequest {
-            node_id: node.id.clone(),
-            node_version: node.meta.as_ref().map_or(0, |m| m.version),
-            spec: Some(spec),
-        })
-        .await
-        .map_err(status_error)?;
-    Ok(())
+    update_spec(daemon, &node.id, |spec| {
+        spec.desired_role = role as i32;
+        Ok(())
+    })
+    .await
 }
 
 async fn update(daemon: &mut Daemon, args: UpdateArgs) -> anyhow::Result<()> {
-    let node = resolve(daemon, &args.node).await?;
-    let mut spec = node.spec.clone().unwrap_or_default();
-    if let Some(availability) = &args.availability {
-        spec.availability = NodeAvailability::from_str_name(&format!(
-            "NODE_AVAILABILITY_{}",
-            availability.to_uppercase()
-        ))
-        .ok_or_else(|| {
-            anyhow::anyhow!(
-                "invalid availability {availability:?}: expected active, pause or drain"
-            )
-        })? as i32;
-    }
-    if let Some(role) = &args.role {
-        spec.desired_role = NodeRole::from_str_name(&format!("NODE_ROLE_{}", role.to_uppercase()))
-            .ok_or_else(|| {
-            anyhow::anyhow!("invalid role {role:?}: expected worker or manager")
-        })? as i32;
-    }
-    let annotations = spec.annotations.get_or_insert_default();
+    let availability = args
+        .availability
+        .as_deref()
+        .map(|text| {
+            NodeAvailability::from_str_name(&format!("NODE_AVAILABILITY_{}", text.to_uppercase()))
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "invalid availability {text:?}: expected active, pause or drain"
+                    )
+                })
+        })
+        .transpose()?;
+    let role = args
+        .role
+        .as_deref()
+        .map(|text| {
+            NodeRole::from_str_name(&format!("NODE_ROLE_{}", text.to_uppercase()))
+                .ok_or_else(|| anyhow::anyhow!("invalid role {text:?}: expected worker or manager"))
+        })
+        .transpose()?;
+    let mut added = Vec::new();
     for label in &args.label_add {
         let (key, value) = label.split_once('=').unwrap_or((label.as_str(), ""));
         if key.is_empty() {
             anyhow::bail!("invalid label {label:?}: expected key=value");
         }
-        annotations
-            .labels
-            .insert(key.to_string(), value.to_string());
+        added.push((key.to_string(), value.to_string()));
     }
-    for key in &args.label_rm {
-        if annotations.labels.remove(key).is_none() {
-            anyhow::bail!("key {key} doesn't exist in node's labels");
+    update_spec(daemon, &args.node, |spec| {
+        if let Some(availability) = availability {
+            spec.availability = availability as i32;
         }
-    }
-    daemon
-        .control
-        .update_node(UpdateNodeRequest {
-            node_id: node.id.clone(),
-            node_version: node.meta.as_ref().map_or(0, |m| m.version),
-            spec: Some(spec),
-        })
-        .await
-        .map_err(status_error)?;
+        if let Some(role) = role {
+            spec.desired_role = role as i32;
+        }
+        let annotations = spec.annotations.get_or_insert_default();
+        for (key, value) in &added {
+            annotations.labels.insert(key.clone(), value.clone());
+        }
+        for key in &args.label_rm {
+            if annotations.labels.remove(key).is_none() {
+                anyhow::bail!("key {key} doesn't exist in node's labels");
+            }
+        }
+        Ok(())
+    })
+    .await?;
     println!("{}", args.node);
     Ok(())
 }

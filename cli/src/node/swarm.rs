@@ -42,7 +42,7 @@ pub struct Swarm {
 #[derive(Debug)]
 struct Active {
     membership: Membership,
-    manager: Option<Arc<Manager>>,
+    manager: Option<Manager>,
     server: Option<ClusterServer>,
 }
 
@@ -92,8 +92,7 @@ impl Swarm {
             let manager = Manager::open(self.manager_config(&membership), creds.clone())
                 .await
                 .context("reopening this node's manager")?;
-            self.serve_manager(&mut active, Arc::new(manager), &creds)
-                .await?;
+            self.serve_manager(&mut active, manager, &creds).await?;
         }
         tracing::info!(node_id = %membership.node_id, manager = membership.manager, "rejoined the swarm");
         *self.active.lock().await = Some(active);
@@ -157,7 +156,7 @@ impl Swarm {
             manager: None,
             server: None,
         };
-        self.serve_manager_on(&mut active, Arc::new(manager), &creds, listener)?;
+        self.serve_manager_on(&mut active, manager, &creds, listener)?;
         *guard = Some(active);
         tracing::info!(%node_id, "swarm initialized");
         Ok(node_id)
@@ -223,12 +222,13 @@ impl Swarm {
                 manager_addrs,
             )
             .await?;
-            let manager = Arc::new(manager);
-            self.serve_manager_on(&mut active, manager.clone(), &joined.credentials, listener)?;
-            manager
-                .wait_joined(Duration::from_secs(30))
-                .await
-                .context("joining the managers' Raft group")?;
+            self.serve_manager_on(&mut active, manager, &joined.credentials, listener)?;
+            if let Some(manager) = active.manager.as_ref() {
+                manager
+                    .wait_joined(Duration::from_secs(30))
+                    .await
+                    .context("joining the managers' Raft group")?;
+            }
         } else {
             drop(listener);
         }
@@ -258,9 +258,25 @@ impl Swarm {
             .cert_dir()
             .load()
             .context("loading this node's certificates")?;
-        let manager = Manager::force_new_cluster(self.manager_config(&membership), creds.clone())
-            .await
-            .context("forcing a new cluster from this manager's state")?;
+        // The stopped manager's Raft storage is released by background tasks as they wind
+        // down; retry briefly while its lock is still held.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let manager = loop {
+            match Manager::force_new_cluster(self.manager_config(&membership), creds.clone()).await
+            {
+                Ok(manager) => break manager,
+                Err(err)
+                    if err.to_string().contains("could not acquire lock")
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tracing::info!("waiting for the stopped manager to release its storage");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(err) => {
+                    return Err(err).context("forcing a new cluster from this manager's state");
+                }
+            }
+        };
         let mut membership = membership;
         membership.manager_addrs = vec![membership.advertise_addr.clone()];
         membership.save(self.state.root())?;
@@ -269,8 +285,7 @@ impl Swarm {
             manager: None,
             server: None,
         };
-        self.serve_manager(&mut active, Arc::new(manager), &creds)
-            .await?;
+        self.serve_manager(&mut active, manager, &creds).await?;
         *guard = Some(active);
         Ok(membership.node_id)
     }
@@ -278,7 +293,7 @@ impl Swarm {
     async fn serve_manager(
         &self,
         active: &mut Active,
-        manager: Arc<Manager>,
+        manager: Manager,
         creds: &NodeCredentials,
     ) -> anyhow::Result<()> {
         let addr: SocketAddr = active.membership.listen_addr.parse()?;
@@ -292,7 +307,7 @@ impl Swarm {
     fn serve_manager_on(
         &self,
         active: &mut Active,
-        manager: Arc<Manager>,
+        manager: Manager,
         creds: &NodeCredentials,
         listener: TcpListener,
     ) -> anyhow::Result<()> {
@@ -333,10 +348,10 @@ impl Swarm {
                 "You are attempting to leave the swarm on a node that is participating as a manager. Removing the last manager erases all current state of the swarm, and leaving a manager without demoting it first can cost the others their quorum. Demote it first (berth node demote), or use `--force` to ignore this message."
             );
         }
+        self.control.set(None);
         if let Some(active) = guard.take() {
             stop_active(active).await;
         }
-        self.control.set(None);
         Membership::remove(self.state.root())?;
         for dir in ["certificates", berth_manager::manager::RAFT_DIR] {
             let path = self.state.root().join(dir);
@@ -365,6 +380,7 @@ impl Swarm {
 
     /// Stops the swarm side at daemon shutdown (state is kept).
     pub async fn shutdown(&self) {
+        self.control.set(None);
         if let Some(active) = self.active.lock().await.take() {
             stop_active(active).await;
         }
@@ -375,15 +391,10 @@ async fn stop_active(active: Active) {
     if let Some(server) = active.server {
         server.stop().await;
     }
-    if let Some(manager) = active.manager {
-        match Arc::try_unwrap(manager) {
-            Ok(manager) => {
-                if let Err(err) = manager.shutdown().await {
-                    tracing::warn!("manager shutdown: {err}");
-                }
-            }
-            Err(_) => tracing::warn!("manager still in use at shutdown"),
-        }
+    if let Some(manager) = active.manager
+        && let Err(err) = manager.shutdown().await
+    {
+        tracing::warn!("manager shutdown: {err}");
     }
 }
 

@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use berth_agent::runtime::plan::parse_signal;
-use berth_agent::runtime::state::{read_json, write_json};
 use berth_agent::runtime::{Runtime, RuntimeConfig, RuntimeError, Status, oci};
 
 const DEFAULT_ROOT: &str = "/run/berth-runtime";
@@ -28,14 +27,6 @@ commands:
   delete [--force] ID                        remove the container
   run --bundle DIR [--pid-file FILE] [--detach] ID   create + start (+ wait + delete)
   list                                       list containers";
-
-/// Bundle path recorded next to the runtime's state (for `state`).
-#[derive(serde::Serialize, serde::Deserialize)]
-struct OciInfo {
-    bundle: PathBuf,
-}
-
-const OCI_INFO: &str = "oci.json";
 
 /// Parsed command line: flags with values, boolean flags, positionals.
 struct Args {
@@ -137,7 +128,6 @@ fn create(rt: &Runtime, args: &Args, inherit: bool) -> Result<String> {
         plan.stdio = berth_agent::runtime::plan::StdioMode::Log;
     }
     let st = rt.create(&plan)?;
-    write_json(&st.state_dir.join(OCI_INFO), &OciInfo { bundle }).context("writing oci.json")?;
     if let (Some(file), Some(r)) = (args.value(&["pid-file"]), &st.record) {
         std::fs::write(file, r.init_pid.to_string()).with_context(|| format!("writing {file}"))?;
     }
@@ -146,7 +136,10 @@ fn create(rt: &Runtime, args: &Args, inherit: bool) -> Result<String> {
 
 fn state_json(rt: &Runtime, id: &str) -> Result<serde_json::Value> {
     let st = rt.state(id)?;
-    let info: Option<OciInfo> = read_json(&st.state_dir.join(OCI_INFO)).unwrap_or(None);
+    let bundle = rt
+        .plan(id)?
+        .and_then(|p| p.annotations.get(oci::BUNDLE_ANNOTATION).cloned())
+        .unwrap_or_default();
     let status = match st.status {
         Status::Creating => "creating",
         Status::Created => "created",
@@ -162,7 +155,7 @@ fn state_json(rt: &Runtime, id: &str) -> Result<serde_json::Value> {
         "id": id,
         "status": status,
         "pid": pid,
-        "bundle": info.map(|i| i.bundle).unwrap_or_default(),
+        "bundle": bundle,
         "created": st.record.as_ref().map(|r| r.created.clone()).unwrap_or_default(),
         "owner": "",
         "annotations": {},

@@ -612,23 +612,24 @@ fn error_message(e: &SetupError) -> Vec<u8> {
 
 /// Main of the container's PID 1 (the cloned child of the supervisor). Never returns.
 ///
-/// Protocol on `sync`: wait for `G` (cgroup joined) → set up → send `R` or `E<msg>` →
-/// wait for `S` → exec. `sync` is close-on-exec, so the supervisor reads EOF on success
+/// Protocol on `sync`: join the cgroup (before any other step, so everything the container
+/// ever runs is accounted and limited) → set up → send `R` or `E<msg>` → wait for `S` → exec. `sync` is close-on-exec, so the supervisor reads EOF on success
 /// and `E<msg>` when exec fails.
 pub(crate) fn init_main(
     plan: &ContainerPlan,
+    cgroup: &super::cgroups::Cgroup,
     seccomp: &[Vec<u8>],
     sync: OwnedFd,
     netns: Option<OwnedFd>,
 ) -> ! {
     let prepared = (|| -> Result<PathBuf, SetupError> {
-        let go = step(sync_recv(sync.as_fd()), || "wait for supervisor".into())?;
-        if go != b"G" {
-            return Err(SetupError {
-                step: "supervisor went away before setup".into(),
-                source: io::Error::from(io::ErrorKind::BrokenPipe),
-            });
-        }
+        // join the cgroup before anything else: every later process inherits it
+        step(
+            cgroup
+                .attach_self()
+                .map_err(|e| io::Error::other(e.to_string())),
+            || "join cgroup".into(),
+        )?;
         if let Some(ns) = &netns {
             step(
                 nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(nix_io),

@@ -91,7 +91,7 @@ fn enter(req: &ExecRequest) -> Result<(), SetupError> {
         ));
     }
     req.cgroup
-        .attach(std::process::id() as i32)
+        .attach_self()
         .map_err(|e| fail("join cgroup", io::Error::other(e.to_string())))?;
     for (fd, flag, name) in fds {
         nix::sched::setns(fd.as_fd(), flag)

@@ -270,11 +270,13 @@ impl Runtime {
     }
 
     fn create_in(&self, plan: &ContainerPlan, dir: &Path) -> Result<(), RuntimeError> {
-        for sub in [&plan.rootfs.upper, &plan.rootfs.work, &plan.rootfs.target] {
-            fs::DirBuilder::new()
-                .mode(0o755)
-                .create(sub)
-                .map_err(io_err(format!("creating {sub:?}")))?;
+        if plan.rootfs.mode == plan::RootfsMode::Overlay {
+            for sub in [&plan.rootfs.upper, &plan.rootfs.work, &plan.rootfs.target] {
+                fs::DirBuilder::new()
+                    .mode(0o755)
+                    .create(sub)
+                    .map_err(io_err(format!("creating {sub:?}")))?;
+            }
         }
         state::write_json(&dir.join(files::PLAN), plan).map_err(io_err("writing plan.json"))?;
         let cgroup = self
@@ -324,7 +326,8 @@ impl Runtime {
             .map_err(io_err(format!("reading state of {id}")))
     }
 
-    fn plan_of(&self, id: &str) -> Result<Option<ContainerPlan>, RuntimeError> {
+    /// The plan container `id` was created from (`None` if it never got that far).
+    pub fn plan(&self, id: &str) -> Result<Option<ContainerPlan>, RuntimeError> {
         state::read_json(&self.state_dir(id).join(files::PLAN))
             .map_err(io_err(format!("reading plan of {id}")))
     }
@@ -541,7 +544,7 @@ impl Runtime {
             return st.exit.ok_or_else(|| RuntimeError::NotFound(id.into()));
         }
         let sig = self
-            .plan_of(id)?
+            .plan(id)?
             .map(|p| p.stop_signal)
             .unwrap_or(libc::SIGTERM);
         let signal_sent = if st.status == Status::Running {
@@ -595,7 +598,7 @@ impl Runtime {
         let cgroup: Option<Cgroup> = match self.record(id).ok().flatten() {
             Some(r) => Some(r.cgroup),
             None => self
-                .plan_of(id)
+                .plan(id)
                 .ok()
                 .flatten()
                 .map(|p| self.cgroups.handle(&p.cgroup.path)),
@@ -626,7 +629,7 @@ impl Runtime {
             }
         };
         let plan = self
-            .plan_of(id)?
+            .plan(id)?
             .ok_or_else(|| RuntimeError::NotFound(id.into()))?;
         if cfg.args.is_empty() {
             return Err(RuntimeError::Plan(PlanError::NoCommand));

@@ -50,6 +50,9 @@ pub enum OciError {
     Plan(#[from] PlanError),
 }
 
+/// Annotation holding the bundle directory.
+pub const BUNDLE_ANNOTATION: &str = "org.berth.oci.bundle";
+
 fn invalid(msg: impl Into<String>) -> OciError {
     OciError::Invalid(msg.into())
 }
@@ -385,10 +388,11 @@ pub fn plan_from_spec(
         id: id.to_string(),
         rootfs: RootfsPlan {
             mode: RootfsMode::Bind,
+            // bound onto itself inside the container's mount namespace, like runc
+            target: root_path.clone(),
             lowers: vec![root_path],
             upper: state_dir.join("upper"),
             work: state_dir.join("work"),
-            target: state_dir.join("rootfs"),
             read_only: root
                 .get("readonly")
                 .and_then(Value::as_bool)
@@ -453,6 +457,9 @@ pub fn plan_from_spec(
             max_files: plan::DEFAULT_LOG_MAX_FILES,
         },
         stdio: StdioMode::Inherit,
+        annotations: [(BUNDLE_ANNOTATION.to_string(), bundle.display().to_string())]
+            .into_iter()
+            .collect(),
         stop_signal: libc::SIGTERM,
     })
 }

@@ -463,6 +463,9 @@ pub struct ContainerPlan {
     /// Where stdout/stderr go.
     #[serde(default)]
     pub stdio: StdioMode,
+    /// Free-form labels kept with the container (e.g. the OCI bundle path).
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
     /// Signal number `stop` sends first.
     pub stop_signal: i32,
 }
@@ -993,6 +996,7 @@ impl ContainerPlan {
                 max_files: cfg.log_max_files.unwrap_or(DEFAULT_LOG_MAX_FILES).max(1),
             },
             stdio: StdioMode::Log,
+            annotations: BTreeMap::new(),
             stop_signal,
         })
     }

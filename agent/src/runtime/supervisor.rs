@@ -26,7 +26,7 @@ use super::container::{self, sync_recv, sync_send};
 use super::helper::{CreateRequest, HelperReply, send};
 use super::logs::{LogWriter, Stream, rfc3339_nanos};
 use super::plan::{NetworkMode, StdioMode};
-use super::state::{ContainerRecord, ExitInfo, files, write_atomic, write_json};
+use super::state::{ContainerRecord, ExitInfo, files, write_json};
 use super::sys::{self, Cloned};
 
 fn nix_io(e: nix::Error) -> io::Error {
@@ -130,7 +130,8 @@ fn mkfifo(path: &Path) -> io::Result<()> {
     }
 }
 
-/// Clones the container init, joins it to the cgroup and waits until it is ready to exec.
+/// Clones the container init and waits until it has joined its cgroup, set itself up and
+/// is ready to exec.
 fn prepare(req: &CreateRequest) -> Result<(Child, Io), String> {
     let plan = &req.plan;
     let e = |what: &str, err: io::Error| format!("{what}: {err}");
@@ -187,7 +188,7 @@ fn prepare(req: &CreateRequest) -> Result<(Child, Io), String> {
                 let _ = nix::unistd::dup2_stderr(&err_w);
             }
             drop((out_w, err_w, null));
-            container::init_main(plan, &req.seccomp, sync_child, netns)
+            container::init_main(plan, &req.cgroup, &req.seccomp, sync_child, netns)
         }
         Ok(Cloned::Parent { pid, pidfd }) => {
             drop((out_w, err_w, sync_child, netns));
@@ -196,11 +197,7 @@ fn prepare(req: &CreateRequest) -> Result<(Child, Io), String> {
                 pidfd,
                 sync: sync_parent,
             };
-            if let Err(x) = req.cgroup.attach(pid) {
-                kill_and_reap(&child);
-                return Err(format!("join cgroup: {x}"));
-            }
-            sync_send(child.sync.as_fd(), b"G");
+            // PID 1 joins its cgroup itself, first thing (Cgroup::attach_self)
             match sync_recv(child.sync.as_fd()) {
                 Ok(m) if m == b"R" => Ok((
                     child,
@@ -257,12 +254,13 @@ fn read_some(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
 /// The supervision loop: start relay, log copy, reaping, exit record.
 fn supervise(req: &CreateRequest, child: Child, io: Io) -> i32 {
     let state_dir = &req.state_dir;
-    let mut log = LogWriter::open(
-        &req.plan.log.path,
-        req.plan.log.max_size,
-        req.plan.log.max_files,
-    )
-    .ok();
+    let log_plan = &req.plan.log;
+    let mut log = match req.plan.stdio {
+        StdioMode::Log => {
+            LogWriter::open(&log_plan.path, log_plan.max_size, log_plan.max_files).ok()
+        }
+        StdioMode::Inherit => None,
+    };
     let mut out = Some(io.stdout);
     let mut err = Some(io.stderr);
     let mut sync = Some(child.sync);
@@ -322,7 +320,8 @@ fn supervise(req: &CreateRequest, child: Child, io: Io) -> i32 {
                     }
                     _ => {
                         started = true;
-                        let _ = write_atomic(&state_dir.join(files::STARTED), now().as_bytes());
+                        // presence is what counts; no rename needed
+                        let _ = fs::write(state_dir.join(files::STARTED), now());
                         answer_start(state_dir, &Ok(()));
                     }
                 }

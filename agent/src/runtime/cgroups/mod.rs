@@ -260,6 +260,22 @@ impl Cgroup {
         Ok(())
     }
 
+    /// Moves the calling process into the cgroup. The caller must be single-threaded.
+    ///
+    /// On v1 this writes `0` to each `tasks` file: moving only the current thread skips the
+    /// kernel's global threadgroup lock, whose first writer waits for an RCU grace period
+    /// (milliseconds; `cgroup.procs` writes pay it). For a single-threaded process, moving its
+    /// one thread moves the whole process.
+    pub fn attach_self(&self) -> Result<(), CgroupError> {
+        for d in &self.dirs {
+            match self.version {
+                CgroupVersion::V1 => write_file(&d.path.join("tasks"), "0")?,
+                CgroupVersion::V2 => write_file(&d.path.join("cgroup.procs"), "0")?,
+            }
+        }
+        Ok(())
+    }
+
     fn dir(&self, controller: &str) -> Option<&Path> {
         self.dirs
             .iter()

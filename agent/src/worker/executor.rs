@@ -27,8 +27,8 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ExecError {
     /// The task's image is not on this node and cannot be pulled; the task is REJECTED with
-    /// this reason.
-    #[error("no such image: {image}")]
+    /// this reason (worded as Docker's, since `service ps` shows it).
+    #[error("No such image: {image}")]
     ImageNotFound {
         /// The image reference as the task names it.
         image: String,

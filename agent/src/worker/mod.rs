@@ -26,6 +26,7 @@
 //! in the reporter's queue.
 
 mod db;
+mod engine;
 mod executor;
 pub mod fake;
 mod reporter;
@@ -46,6 +47,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub use db::{TaskDb, TaskDbError};
+pub use engine::{EngineExecutor, container_config};
 pub use executor::{
     Adopted, BoxFuture, Controller, Dependencies, ExecError, Executor, ExitStatus, Observed,
 };

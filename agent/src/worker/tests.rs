@@ -290,7 +290,7 @@ async fn a_missing_image_rejects_the_task_with_the_reason() -> anyhow::Result<()
         .await?;
     let rejected = wait_state(&w.handle, "t1", TaskState::Rejected).await?;
     let status = rejected.status.unwrap_or_default();
-    assert_eq!(status.err, "no such image: nginx:missing");
+    assert_eq!(status.err, "No such image: nginx:missing");
     assert_eq!(drain(&w.handle)["t1"].state, TaskState::Rejected as i32);
     assert!(fake.calls("t1").iter().all(|c| *c != "start"));
     w.stop().await

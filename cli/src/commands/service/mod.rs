@@ -29,6 +29,7 @@ use super::{Daemon, status_error};
 #[derive(Debug, Subcommand)]
 pub enum ServiceCommand {
     /// Create a new service
+    #[command(override_usage = "berth service create [OPTIONS] IMAGE [COMMAND] [ARG...]")]
     Create(Box<create::CreateArgs>),
     /// Display detailed information on one or more services
     Inspect(inspect::InspectArgs),

@@ -535,13 +535,16 @@ impl<W: Write> Renderer<W> {
         match self.mode {
             RenderMode::Quiet => return Ok(()),
             RenderMode::Terminal => {
+                // Auto-wrap off while drawing: a line wider than the terminal is clipped
+                // instead of taking two rows, which would break the cursor-up count.
+                write!(self.out, "\x1b[?7l")?;
                 if self.drawn > 0 {
                     write!(self.out, "\x1b[{}A", self.drawn)?;
                 }
                 for line in lines {
                     write!(self.out, "\r\x1b[2K{}: {}\n", line.key, line.text)?;
                 }
-                write!(self.out, "\x1b[J")?;
+                write!(self.out, "\x1b[J\x1b[?7h")?;
                 self.drawn = lines.len();
             }
             RenderMode::Plain => {
@@ -593,6 +596,57 @@ pub struct WatchOptions {
     pub ended_before: HashSet<String>,
 }
 
+/// How long progress keeps polling through manager errors that may pass (no leader yet).
+pub const UNAVAILABLE_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Errors a poll may get while managers elect a leader or restart.
+fn transient(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Aborted
+    )
+}
+
+/// One poll: the service, all its tasks (or the up-to-date ones) and the nodes not DOWN.
+async fn poll(
+    daemon: &mut Daemon,
+    service_id: &str,
+    up_to_date: bool,
+) -> Result<(Service, Vec<Task>, HashSet<String>), tonic::Status> {
+    let service = daemon
+        .control
+        .get_service(GetServiceRequest {
+            service_id: service_id.to_string(),
+        })
+        .await?
+        .into_inner()
+        .service
+        .unwrap_or_default();
+    let tasks = daemon
+        .control
+        .list_tasks(ListTasksRequest {
+            filters: Some(Filters {
+                service_ids: vec![service_id.to_string()],
+                up_to_date,
+                ..Default::default()
+            }),
+        })
+        .await?
+        .into_inner()
+        .tasks;
+    let active = daemon
+        .control
+        .list_nodes(ListNodesRequest::default())
+        .await?
+        .into_inner()
+        .nodes
+        .into_iter()
+        .filter(|n| n.status.as_ref().map_or(0, |s| s.state) != NodeState::Down as i32)
+        .map(|n| n.id)
+        .collect();
+    Ok((service, tasks, active))
+}
+
 /// Polls the service until it converged, cannot converge, or Ctrl-C; draws progress to
 /// stdout in `mode`.
 pub async fn watch(
@@ -607,45 +661,28 @@ pub async fn watch(
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     let mut name = service_id.to_string();
+    let mut failing_since: Option<tokio::time::Instant> = None;
     loop {
-        let service = match daemon
-            .control
-            .get_service(GetServiceRequest {
-                service_id: service_id.to_string(),
-            })
-            .await
-        {
-            Ok(answer) => answer.into_inner().service.unwrap_or_default(),
+        let (service, tasks, active) = match poll(daemon, service_id, options.up_to_date).await {
+            Ok(state) => {
+                failing_since = None;
+                state
+            }
             Err(status) if status.code() == tonic::Code::NotFound => {
                 anyhow::bail!("service {name} was removed while waiting for it to converge")
+            }
+            Err(status) if transient(&status) => {
+                // A leader election or a restarting manager: keep trying for a while.
+                let since = *failing_since.get_or_insert_with(tokio::time::Instant::now);
+                if since.elapsed() >= UNAVAILABLE_PATIENCE {
+                    return Err(status_error(status));
+                }
+                tokio::time::sleep(POLL).await;
+                continue;
             }
             Err(status) => return Err(status_error(status)),
         };
         name = service_name(&service).to_string();
-        let tasks = daemon
-            .control
-            .list_tasks(ListTasksRequest {
-                filters: Some(Filters {
-                    service_ids: vec![service_id.to_string()],
-                    up_to_date: options.up_to_date,
-                    ..Default::default()
-                }),
-            })
-            .await
-            .map_err(status_error)?
-            .into_inner()
-            .tasks;
-        let active: HashSet<String> = daemon
-            .control
-            .list_nodes(ListNodesRequest::default())
-            .await
-            .map_err(status_error)?
-            .into_inner()
-            .nodes
-            .into_iter()
-            .filter(|n| n.status.as_ref().map_or(0, |s| s.state) != NodeState::Down as i32)
-            .map(|n| n.id)
-            .collect();
         let outcome = tracker.observe(&service, &tasks, &active, start.elapsed());
         renderer.draw(&tracker.lines())?;
         match outcome {
@@ -1140,7 +1177,7 @@ mod tests {
         let out = String::from_utf8(r.into_inner()).unwrap();
         assert_eq!(
             out,
-            "\r\x1b[2Ka: 1\n\r\x1b[2Kb: 2\n\x1b[J\x1b[2A\r\x1b[2Ka: 3\n\x1b[J"
+            "\x1b[?7l\r\x1b[2Ka: 1\n\r\x1b[2Kb: 2\n\x1b[J\x1b[?7h\x1b[?7l\x1b[2A\r\x1b[2Ka: 3\n\x1b[J\x1b[?7h"
         );
         let mut q = Renderer::new(Vec::new(), RenderMode::Quiet);
         q.draw(&lines(&[("a", "1", false)])).unwrap();

@@ -16,6 +16,7 @@
 //! - Leader only: [`Dispatcher::run`] installs itself in a [`DispatcherSlot`] while it runs;
 //!   the gRPC [`DispatcherService`] (mounted once on every manager) serves through the slot
 //!   and answers UNAVAILABLE, naming the leader, when the slot is empty.
+//!   [`run_while_leader`] starts one per term and stops it when leadership is lost.
 //! - Liveness ([`nodes`]): a node is DOWN after 3 missed heartbeat periods (the period comes
 //!   from the cluster object, default 5 s); a dropped session stream makes it DISCONNECTED
 //!   at once and DOWN when its window passes without a new session; when a dispatcher starts
@@ -45,13 +46,13 @@ use berth_proto::v1::{
     AssignmentsMessage, Cluster, Node, NodeDescription, NodeRole, NodeState, SessionMessage, Task,
     TaskStatusUpdate, WeightedPeer,
 };
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::Status;
 
-use crate::orchestrator::{WriteFailure, Writer};
+use crate::orchestrator::{IsLeader, WriteFailure, Writer};
 use crate::store::{Object, Store, Tables, WatchError};
 
 pub use nodes::RateLimit;
@@ -268,11 +269,7 @@ fn managers_of(tables: &Tables) -> Vec<WeightedPeer> {
 
 /// A random factor in [1 - jitter, 1 + jitter].
 fn jitter_factor(jitter: f64) -> f64 {
-    let mut b = [0u8; 8];
-    if getrandom::fill(&mut b).is_err() {
-        return 1.0;
-    }
-    let unit = (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64;
+    let unit = berth_proto::identity::renewal::random_jitter();
     1.0 + jitter.clamp(0.0, 0.5) * (2.0 * unit - 1.0)
 }
 
@@ -559,6 +556,66 @@ impl Dispatcher {
             .notify(Err("the dispatcher stopped".into()));
         tracing::info!(?result, "dispatcher stopped");
         result
+    }
+}
+
+/// Pause before starting a dispatcher again after one stopped on an error while this
+/// manager still leads.
+const RESTART_PAUSE: Duration = Duration::from_secs(1);
+
+/// Runs a [`Dispatcher`] whenever `leadership` says this manager leads, until `cancel`: a
+/// new one for each term (it marks nodes UNKNOWN and gives them time to reconnect), stopped
+/// and drained when leadership is lost. Returns when `cancel` fires or the signal closes.
+pub async fn run_while_leader<L: IsLeader + Send + Sync + 'static>(
+    store: Store,
+    writer: Arc<dyn Writer>,
+    slot: DispatcherSlot,
+    cfg: DispatcherConfig,
+    mut leadership: watch::Receiver<L>,
+    cancel: CancellationToken,
+) {
+    loop {
+        while !leadership.borrow_and_update().is_leader() {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                changed = leadership.changed() => if changed.is_err() { return },
+            }
+        }
+        let term = cancel.child_token();
+        let dispatcher = Dispatcher::new(store.clone(), writer.clone(), slot.clone(), cfg.clone());
+        let mut run = tokio::spawn(dispatcher.run(term.clone()));
+        let early = loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break false,
+                changed = leadership.changed() => {
+                    if changed.is_err() || !leadership.borrow_and_update().is_leader() {
+                        break false;
+                    }
+                }
+                ended = &mut run => {
+                    match ended {
+                        Ok(Ok(())) => tracing::warn!("dispatcher ended early"),
+                        Ok(Err(e)) => tracing::warn!(error = %e, "dispatcher stopped"),
+                        Err(e) => tracing::error!(error = %e, "dispatcher panicked"),
+                    }
+                    break true;
+                }
+            }
+        };
+        term.cancel();
+        if !early {
+            // Drain it: its streams end before another term can start one.
+            let _ = run.await;
+        }
+        if cancel.is_cancelled() {
+            return;
+        }
+        if early {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(RESTART_PAUSE) => {}
+            }
+        }
     }
 }
 

@@ -609,3 +609,54 @@ async fn without_a_running_dispatcher_calls_are_unavailable_and_name_the_leader(
     assert_ne!(again.session_id, "");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_dispatcher_runs_only_while_this_manager_leads() -> anyhow::Result<()> {
+    let store = Store::new();
+    let writer = Arc::new(LocalWriter::new(store.clone(), Arc::new(SystemClock)));
+    writer.apply({
+        let mut b = StoreActions::new();
+        b.create(node("n1", NodeState::Ready));
+        b
+    })?;
+    let slot = DispatcherSlot::new();
+    let (lead, leadership) = tokio::sync::watch::channel(false);
+    let cancel = CancellationToken::new();
+    let join = tokio::spawn(run_while_leader(
+        store.clone(),
+        writer.clone(),
+        slot.clone(),
+        DispatcherConfig::default(),
+        leadership,
+        cancel.clone(),
+    ));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!slot.is_running());
+    lead.send_replace(true);
+    wait_until(Duration::from_secs(2), "dispatcher started", || {
+        slot.is_running()
+    })
+    .await?;
+    // A new term marks the nodes it has not heard from UNKNOWN.
+    wait_until(Duration::from_secs(2), "n1 unknown", || {
+        store
+            .get::<Node>("n1")
+            .and_then(|n| n.status.clone())
+            .is_some_and(|s| s.state == NodeState::Unknown as i32)
+    })
+    .await?;
+    lead.send_replace(false);
+    wait_until(Duration::from_secs(2), "dispatcher stopped", || {
+        !slot.is_running()
+    })
+    .await?;
+    lead.send_replace(true);
+    wait_until(Duration::from_secs(2), "dispatcher restarted", || {
+        slot.is_running()
+    })
+    .await?;
+    cancel.cancel();
+    tokio::time::timeout(Duration::from_secs(5), join).await??;
+    assert!(!slot.is_running());
+    Ok(())
+}

@@ -17,7 +17,7 @@ use berth_proto::v1::{
     InfoResponse, LocalSwarmState, NodeAvailability, NodeRole, SwarmInitRequest, SwarmJoinRequest,
 };
 use tokio::net::TcpListener;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, Notify, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
@@ -44,6 +44,17 @@ struct Active {
     membership: Membership,
     manager: Option<Manager>,
     server: Option<ClusterServer>,
+    renewal: Option<Renewal>,
+}
+
+/// The certificate renewal of an active node: [`berth_agent::join::renew_loop`] plus the task
+/// applying each renewed certificate (a new role starts or stops the manager).
+#[derive(Debug)]
+struct Renewal {
+    cancel: CancellationToken,
+    // Notified by the agent session when the managers change this node's role.
+    #[allow(dead_code)]
+    renew_now: Arc<Notify>,
 }
 
 /// The cluster port's gRPC server.
@@ -54,9 +65,17 @@ struct ClusterServer {
 }
 
 impl ClusterServer {
-    async fn stop(self) {
+    /// Stops accepting, lets in-flight calls finish for a moment, then drops what is left
+    /// (long-lived streams would otherwise hold a graceful shutdown forever).
+    async fn stop(mut self) {
         self.cancel.cancel();
-        let _ = self.task.await;
+        if tokio::time::timeout(Duration::from_secs(2), &mut self.task)
+            .await
+            .is_err()
+        {
+            self.task.abort();
+            let _ = self.task.await;
+        }
     }
 }
 
@@ -75,7 +94,7 @@ impl Swarm {
     }
 
     /// Rejoins the swarm this node was part of before a restart, if any.
-    pub async fn resume(&self) -> anyhow::Result<()> {
+    pub async fn resume(self: &Arc<Self>) -> anyhow::Result<()> {
         let Some(membership) = Membership::load(self.state.root())? else {
             return Ok(());
         };
@@ -87,6 +106,7 @@ impl Swarm {
             membership: membership.clone(),
             manager: None,
             server: None,
+            renewal: None,
         };
         if membership.manager {
             let manager = Manager::open(self.manager_config(&membership), creds.clone())
@@ -95,6 +115,7 @@ impl Swarm {
             self.serve_manager(&mut active, manager, &creds).await?;
         }
         tracing::info!(node_id = %membership.node_id, manager = membership.manager, "rejoined the swarm");
+        self.start_renewal(&mut active);
         *self.active.lock().await = Some(active);
         Ok(())
     }
@@ -108,7 +129,7 @@ impl Swarm {
     }
 
     /// `berth swarm init`.
-    pub async fn init(&self, request: SwarmInitRequest) -> anyhow::Result<String> {
+    pub async fn init(self: &Arc<Self>, request: SwarmInitRequest) -> anyhow::Result<String> {
         let mut guard = self.active.lock().await;
         if request.force_new_cluster {
             return self.force_new_cluster(&mut guard).await;
@@ -155,8 +176,10 @@ impl Swarm {
             membership,
             manager: None,
             server: None,
+            renewal: None,
         };
         self.serve_manager_on(&mut active, manager, &creds, listener)?;
+        self.start_renewal(&mut active);
         *guard = Some(active);
         tracing::info!(%node_id, "swarm initialized");
         Ok(node_id)
@@ -164,7 +187,10 @@ impl Swarm {
 
     /// `berth swarm join`: joins through any of the given managers with the token, which
     /// decides the role.
-    pub async fn join(&self, request: SwarmJoinRequest) -> anyhow::Result<(String, NodeRole)> {
+    pub async fn join(
+        self: &Arc<Self>,
+        request: SwarmJoinRequest,
+    ) -> anyhow::Result<(String, NodeRole)> {
         let mut guard = self.active.lock().await;
         if guard.is_some() {
             anyhow::bail!(
@@ -214,6 +240,7 @@ impl Swarm {
             membership,
             manager: None,
             server: None,
+            renewal: None,
         };
         if is_manager {
             let manager = Manager::join(
@@ -232,6 +259,7 @@ impl Swarm {
         } else {
             drop(listener);
         }
+        self.start_renewal(&mut active);
         *guard = Some(active);
         let role = if is_manager {
             NodeRole::Manager
@@ -242,7 +270,10 @@ impl Swarm {
         Ok((joined.node_id, role))
     }
 
-    async fn force_new_cluster(&self, guard: &mut Option<Active>) -> anyhow::Result<String> {
+    async fn force_new_cluster(
+        self: &Arc<Self>,
+        guard: &mut Option<Active>,
+    ) -> anyhow::Result<String> {
         let membership = match guard.as_ref() {
             Some(active) => active.membership.clone(),
             None => Membership::load(self.state.root())?
@@ -284,8 +315,10 @@ impl Swarm {
             membership: membership.clone(),
             manager: None,
             server: None,
+            renewal: None,
         };
         self.serve_manager(&mut active, manager, &creds).await?;
+        self.start_renewal(&mut active);
         *guard = Some(active);
         Ok(membership.node_id)
     }
@@ -334,6 +367,106 @@ impl Swarm {
         )?));
         active.manager = Some(manager);
         active.server = Some(ClusterServer { cancel, task });
+        Ok(())
+    }
+
+    /// Starts renewing this node's certificate in the background (at 50-80 % of its validity,
+    /// or at once after [`Swarm::renew_now`]), applying each new certificate.
+    fn start_renewal(self: &Arc<Self>, active: &mut Active) {
+        let Ok(creds) = self.cert_dir().load() else {
+            tracing::error!("cannot load this node's certificates: renewal not started");
+            return;
+        };
+        let (updates, mut renewed) = watch::channel(creds);
+        let renew_now = Arc::new(Notify::new());
+        let cancel = CancellationToken::new();
+        let mut managers = active.membership.manager_addrs.clone();
+        if active.membership.manager && !managers.contains(&active.membership.advertise_addr) {
+            managers.insert(0, active.membership.advertise_addr.clone());
+        }
+        tokio::spawn(berth_agent::join::renew_loop(
+            self.cert_dir(),
+            managers,
+            updates,
+            renew_now.clone(),
+            cancel.clone(),
+        ));
+        let swarm = Arc::clone(self);
+        let stop = cancel.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    changed = renewed.changed() => if changed.is_err() { return },
+                }
+                let creds = renewed.borrow_and_update().clone();
+                if let Err(err) = swarm.apply_credentials(creds).await {
+                    tracing::error!("applying the renewed certificate failed: {err:#}");
+                }
+            }
+        });
+        active.renewal = Some(Renewal { cancel, renew_now });
+    }
+
+    /// Renews the certificate now (the managers changed this node's role).
+    #[allow(dead_code)]
+    pub async fn renew_now(&self) {
+        if let Some(renewal) = self
+            .active
+            .lock()
+            .await
+            .as_ref()
+            .and_then(|a| a.renewal.as_ref())
+        {
+            renewal.renew_now.notify_one();
+        }
+    }
+
+    /// Uses a renewed certificate: a manager certificate on a worker starts a manager (it
+    /// joins Raft), a worker certificate on a manager stops it, and a manager keeps serving
+    /// with the new certificate.
+    async fn apply_credentials(self: &Arc<Self>, creds: NodeCredentials) -> anyhow::Result<()> {
+        let role = creds.identity()?.role;
+        let mut guard = self.active.lock().await;
+        let Some(active) = guard.as_mut() else {
+            return Ok(());
+        };
+        let running = active.manager.take();
+        if let Some(server) = active.server.take() {
+            server.stop().await;
+        }
+        match (running, role) {
+            (None, Role::Worker) => {}
+            (Some(manager), Role::Worker) => {
+                tracing::info!("demoted: stopping this node's manager");
+                self.control.set(None);
+                if let Err(err) = manager.shutdown().await {
+                    tracing::warn!("manager shutdown: {err}");
+                }
+                let raft = self.state.root().join(berth_manager::manager::RAFT_DIR);
+                if raft.exists() {
+                    std::fs::remove_dir_all(&raft).with_context(|| format!("removing {raft:?}"))?;
+                }
+                active.membership.manager = false;
+                active.membership.save(self.state.root())?;
+            }
+            (None, Role::Manager) => {
+                tracing::info!("promoted: starting a manager and joining Raft");
+                let manager = Manager::join(
+                    self.manager_config(&active.membership),
+                    creds.clone(),
+                    active.membership.manager_addrs.clone(),
+                )
+                .await?;
+                self.serve_manager(active, manager, &creds).await?;
+                active.membership.manager = true;
+                active.membership.save(self.state.root())?;
+            }
+            (Some(manager), Role::Manager) => {
+                manager.update_credentials(creds.clone())?;
+                self.serve_manager(active, manager, &creds).await?;
+            }
+        }
         Ok(())
     }
 
@@ -388,6 +521,9 @@ impl Swarm {
 }
 
 async fn stop_active(active: Active) {
+    if let Some(renewal) = active.renewal {
+        renewal.cancel.cancel();
+    }
     if let Some(server) = active.server {
         server.stop().await;
     }

@@ -43,9 +43,13 @@ pub const ROOT_CA_COMMON_NAME: &str = "berth-ca";
 pub const ROOT_CA_VALIDITY: Duration = Duration::from_secs(20 * 365 * 24 * 3600);
 /// Default lifetime of a node certificate (Swarm: 90 days, `--cert-expiry 2160h`).
 pub const DEFAULT_NODE_CERT_VALIDITY: Duration = Duration::from_secs(90 * 24 * 3600);
-/// Shortest node certificate lifetime [`RootCa::sign_csr`] accepts (Swarm: 1 hour).
-pub const MIN_NODE_CERT_VALIDITY: Duration = Duration::from_secs(3600);
-/// How far `not_before` is set in the past, to tolerate clock skew between nodes.
+/// Shortest node certificate lifetime [`RootCa::sign_csr`] accepts. Swarm's is 1 hour; Berth
+/// accepts 10 seconds so that renewal can be proven end to end in seconds (`berth swarm init
+/// --cert-expiry 20s` in the tests). Production keeps the 90-day default.
+pub const MIN_NODE_CERT_VALIDITY: Duration = Duration::from_secs(10);
+/// How far `not_before` is set in the past, to tolerate clock skew between nodes; at most a
+/// tenth of the certificate's validity, so that short certificates renew in the middle of
+/// their life and not at once (the renewal point is measured from `not_before`).
 pub const BACKDATE: Duration = Duration::from_secs(3600);
 
 /// File name of the root CA certificate in a CA directory.
@@ -257,7 +261,8 @@ impl RootCa {
             });
         }
         let now = SystemTime::now();
-        let not_before = now.checked_sub(BACKDATE).unwrap_or(now);
+        let backdate = BACKDATE.min(validity / 10);
+        let not_before = now.checked_sub(backdate).unwrap_or(now);
         let not_after = (now + validity).min(self.not_after);
         self.sign_csr_valid_between(csr_pem, node_id, role, cluster_id, not_before, not_after)
     }
@@ -588,7 +593,7 @@ mod tests {
             );
         }
         assert!(matches!(
-            ca.sign_csr(&csr, "n", Role::Worker, "c", Duration::from_secs(60)),
+            ca.sign_csr(&csr, "n", Role::Worker, "c", Duration::from_secs(5)),
             Err(CaError::ValidityTooShort { .. })
         ));
         let now = SystemTime::now();

@@ -54,7 +54,8 @@ fn the_cluster(replica: &Replica) -> Result<std::sync::Arc<Cluster>, ControlErro
         })
 }
 
-/// Replaces the cluster spec (name stays "default"; certificate expiry at least 1 h).
+/// Replaces the cluster spec (name stays "default"; certificate expiry at least
+/// [`MIN_NODE_CERT_VALIDITY`]).
 pub async fn update(replica: &Replica, req: UpdateClusterRequest) -> Result<Cluster, ControlError> {
     let mut spec = req
         .spec
@@ -63,8 +64,8 @@ pub async fn update(replica: &Replica, req: UpdateClusterRequest) -> Result<Clus
         let secs = u64::try_from(expiry.seconds).unwrap_or(0);
         if Duration::from_secs(secs) < MIN_NODE_CERT_VALIDITY {
             return Err(ControlError::InvalidArgument(format!(
-                "certificate expiry must be at least {}h",
-                MIN_NODE_CERT_VALIDITY.as_secs() / 3600
+                "certificate expiry must be at least {}s",
+                MIN_NODE_CERT_VALIDITY.as_secs()
             )));
         }
     }

@@ -1022,3 +1022,44 @@ fn oci_cli_runs_bundles_like_runc() {
     assert!(!env.cgroup_dir("memory", "ocilc").exists());
     env.assert_clean();
 }
+
+#[test]
+fn run_starts_in_one_step_and_exec_failures_are_reported() {
+    let env = Env::new();
+    let plan = env.plan("one", &env.config(&["sh", "-c", "echo one-step"]));
+    let st = env.rt.run(&plan).unwrap();
+    assert!(st.started.is_some());
+    assert!(matches!(st.status, Status::Running | Status::Stopped));
+    let exit = env
+        .rt
+        .wait("one", Some(Duration::from_secs(20)))
+        .unwrap()
+        .unwrap();
+    assert_eq!(exit.exit_code, 0);
+    assert_eq!(env.output("one").0, "one-step\n");
+    assert!(!env.rt.state_dir("one").join("start.fifo").exists());
+
+    // executable bit but not a program: found by the PATH lookup, refused by execve
+    let bad = env.lower.join("bin/not-a-program");
+    fs::write(&bad, [0u8; 64]).unwrap();
+    fs::set_permissions(&bad, fs::Permissions::from_mode(0o755)).unwrap();
+    let plan = env.plan("bad", &env.config(&["not-a-program"]));
+    let err = env.rt.run(&plan).unwrap_err();
+    assert!(err.to_string().contains("exec"), "{err}");
+    assert!(matches!(
+        env.rt.state("bad"),
+        Err(RuntimeError::NotFound(_))
+    ));
+    // the two-step path reports the same failure from start and records exit 127
+    env.create("bad2", &env.config(&["not-a-program"])).unwrap();
+    let err = env.rt.start("bad2").unwrap_err();
+    assert!(err.to_string().contains("exec"), "{err}");
+    let exit = env
+        .rt
+        .wait("bad2", Some(Duration::from_secs(20)))
+        .unwrap()
+        .unwrap();
+    assert_eq!(exit.exit_code, 127);
+    assert!(exit.error.is_some());
+    env.assert_clean();
+}

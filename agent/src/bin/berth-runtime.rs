@@ -112,7 +112,9 @@ fn forward_signals() {
     }
 }
 
-fn create(rt: &Runtime, args: &Args, inherit: bool) -> Result<String> {
+/// `create` (stopped before exec, output to the log) or, with `start`, `run` (one step;
+/// output passed through unless detached).
+fn create(rt: &Runtime, args: &Args, start: bool, inherit: bool) -> Result<String> {
     let id = args.id()?.to_string();
     if args.value(&["console-socket"]).is_some() {
         bail!("--console-socket is not supported (no terminals)");
@@ -127,7 +129,11 @@ fn create(rt: &Runtime, args: &Args, inherit: bool) -> Result<String> {
     if !inherit {
         plan.stdio = berth_agent::runtime::plan::StdioMode::Log;
     }
-    let st = rt.create(&plan)?;
+    let st = if start {
+        rt.run(&plan)?
+    } else {
+        rt.create(&plan)?
+    };
     if let (Some(file), Some(r)) = (args.value(&["pid-file"]), &st.record) {
         std::fs::write(file, r.init_pid.to_string()).with_context(|| format!("writing {file}"))?;
     }
@@ -164,12 +170,8 @@ fn state_json(rt: &Runtime, id: &str) -> Result<serde_json::Value> {
 
 fn run(rt: &Runtime, args: &Args) -> Result<i32> {
     let detach = args.flag(&["detach", "d"]);
-    let id = create(rt, args, !detach)?;
     forward_signals();
-    if let Err(e) = rt.start(&id) {
-        let _ = rt.delete(&id, true);
-        return Err(e.into());
-    }
+    let id = create(rt, args, true, !detach)?;
     if detach {
         return Ok(0);
     }
@@ -241,7 +243,7 @@ fn real_main() -> Result<i32> {
     )?;
     match cmd.as_str() {
         "create" => {
-            create(&rt, &args, false)?;
+            create(&rt, &args, false, false)?;
             Ok(0)
         }
         "start" => {

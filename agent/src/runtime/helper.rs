@@ -59,6 +59,9 @@ pub struct CreateRequest {
     pub cgroup: Cgroup,
     /// Compiled seccomp filters, loaded in order (empty: unconfined).
     pub seccomp: Vec<Vec<u8>>,
+    /// Start the process right away (`run`): the reply then also reports the exec.
+    #[serde(default)]
+    pub start: bool,
 }
 
 /// Everything needed to exec into a container.

@@ -250,6 +250,20 @@ impl Runtime {
     /// Creates the container described by `plan` (built with [`Runtime::plan_context`]).
     /// On success the container's PID 1 is set up and waits for [`Runtime::start`].
     pub fn create(&self, plan: &ContainerPlan) -> Result<ContainerState, RuntimeError> {
+        self.create_with(plan, false)
+    }
+
+    /// Creates and starts the container in one step (one helper round trip, no start
+    /// FIFO); errors from the exec itself are reported here.
+    pub fn run(&self, plan: &ContainerPlan) -> Result<ContainerState, RuntimeError> {
+        self.create_with(plan, true)
+    }
+
+    fn create_with(
+        &self,
+        plan: &ContainerPlan,
+        start: bool,
+    ) -> Result<ContainerState, RuntimeError> {
         plan::validate_id(&plan.id)?;
         let id = plan.id.as_str();
         let dir = self.state_dir(id);
@@ -260,7 +274,7 @@ impl Runtime {
             }
             Err(e) => return Err(io_err(format!("creating {dir:?}"))(e)),
         }
-        match self.create_in(plan, &dir) {
+        match self.create_in(plan, &dir, start) {
             Ok(()) => self.state(id),
             Err(e) => {
                 let _ = self.cleanup(id);
@@ -269,7 +283,7 @@ impl Runtime {
         }
     }
 
-    fn create_in(&self, plan: &ContainerPlan, dir: &Path) -> Result<(), RuntimeError> {
+    fn create_in(&self, plan: &ContainerPlan, dir: &Path, start: bool) -> Result<(), RuntimeError> {
         if plan.rootfs.mode == plan::RootfsMode::Overlay {
             for sub in [&plan.rootfs.upper, &plan.rootfs.work, &plan.rootfs.target] {
                 fs::DirBuilder::new()
@@ -301,6 +315,7 @@ impl Runtime {
             state_dir: dir.to_path_buf(),
             cgroup,
             seccomp: seccomp.as_ref().clone(),
+            start,
         }));
         let sent = helper::send(&mut spawned.sock, &req);
         let reply: io::Result<HelperReply> = sent.and_then(|()| helper::recv(&mut spawned.sock));
@@ -342,7 +357,10 @@ impl Runtime {
         let record = self.record(id)?;
         let exit: Option<ExitInfo> =
             state::read_json(&dir.join(files::EXIT)).map_err(io_err("reading exit.json"))?;
-        let started = fs::read_to_string(dir.join(files::STARTED)).ok();
+        let started = record
+            .as_ref()
+            .and_then(|r| r.started.clone())
+            .or_else(|| fs::read_to_string(dir.join(files::STARTED)).ok());
         let status = match (&record, &exit) {
             (_, Some(_)) => Status::Stopped,
             (None, None) => Status::Creating,

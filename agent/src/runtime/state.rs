@@ -58,6 +58,9 @@ pub struct ContainerRecord {
     pub init_start: u64,
     /// When the container was created (RFC 3339).
     pub created: String,
+    /// When its process exec'd, if it was started together with its creation.
+    #[serde(default)]
+    pub started: Option<String>,
     /// The container's cgroup.
     pub cgroup: Cgroup,
 }

@@ -57,8 +57,8 @@ pub(crate) fn run(req: CreateRequest, mut reply: UnixStream) -> i32 {
     ignore(Signal::SIGPIPE);
     ignore(Signal::SIGHUP);
     ignore(Signal::SIGINT);
-    match prepare(&req) {
-        Ok((child, io)) => {
+    match prepare(&req).and_then(|(child, io)| start_now(&req, child, io)) {
+        Ok((child, io, started)) => {
             let record = ContainerRecord {
                 id: req.plan.id.clone(),
                 supervisor_pid: std::process::id() as i32,
@@ -70,6 +70,7 @@ pub(crate) fn run(req: CreateRequest, mut reply: UnixStream) -> i32 {
                 init_pid: child.pid,
                 init_start: sys::process_start_time(Path::new("/proc"), child.pid).unwrap_or(0),
                 created: now(),
+                started,
                 cgroup: req.cgroup.clone(),
             };
             if let Err(e) = write_json(&req.state_dir.join(files::STATE), &record) {
@@ -109,13 +110,44 @@ struct Child {
     pid: i32,
     pidfd: OwnedFd,
     sync: OwnedFd,
+    /// The sync socket still has a peer (false once the process exec'd).
+    sync_open: bool,
 }
 
 /// The supervisor's ends of the container's output and start channel.
 struct Io {
     stdout: OwnedFd,
     stderr: OwnedFd,
-    start_fifo: File,
+    /// `None` when the container was started right away (no `start` to wait for).
+    start_fifo: Option<File>,
+}
+
+/// With `req.start`, releases PID 1 now and waits for its exec; returns when it started.
+fn start_now(
+    req: &CreateRequest,
+    mut child: Child,
+    io: Io,
+) -> Result<(Child, Io, Option<String>), String> {
+    if !req.start {
+        return Ok((child, io, None));
+    }
+    sync_send(child.sync.as_fd(), b"S");
+    let msg = sync_recv(child.sync.as_fd());
+    match msg {
+        Ok(m) if m.is_empty() => {
+            // exec closed the close-on-exec socket: the process runs
+            child.sync_open = false;
+            Ok((child, io, Some(now())))
+        }
+        Ok(m) => {
+            kill_and_reap(&child);
+            Err(String::from_utf8_lossy(m.get(1..).unwrap_or_default()).into_owned())
+        }
+        Err(e) => {
+            kill_and_reap(&child);
+            Err(format!("waiting for the container to exec: {e}"))
+        }
+    }
 }
 
 fn kill_and_reap(child: &Child) {
@@ -159,15 +191,21 @@ fn prepare(req: &CreateRequest) -> Result<(Child, Io), String> {
         }
         _ => None,
     };
-    let start_path = req.state_dir.join(files::START_FIFO);
-    mkfifo(&start_path).map_err(|x| e("mkfifo start", x))?;
-    mkfifo(&req.state_dir.join(files::REPLY_FIFO)).map_err(|x| e("mkfifo reply", x))?;
-    let start_fifo = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(&start_path)
-        .map_err(|x| e("open start fifo", x))?;
+    let start_fifo = if req.start {
+        None
+    } else {
+        let start_path = req.state_dir.join(files::START_FIFO);
+        mkfifo(&start_path).map_err(|x| e("mkfifo start", x))?;
+        mkfifo(&req.state_dir.join(files::REPLY_FIFO)).map_err(|x| e("mkfifo reply", x))?;
+        Some(
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+                .open(&start_path)
+                .map_err(|x| e("open start fifo", x))?,
+        )
+    };
 
     let mut flags =
         libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC;
@@ -196,6 +234,7 @@ fn prepare(req: &CreateRequest) -> Result<(Child, Io), String> {
                 pid,
                 pidfd,
                 sync: sync_parent,
+                sync_open: true,
             };
             // PID 1 joins its cgroup itself, first thing (Cgroup::attach_self)
             match sync_recv(child.sync.as_fd()) {
@@ -263,9 +302,9 @@ fn supervise(req: &CreateRequest, child: Child, io: Io) -> i32 {
     };
     let mut out = Some(io.stdout);
     let mut err = Some(io.stderr);
-    let mut sync = Some(child.sync);
-    let mut start_requested = false;
-    let mut started = false;
+    let mut started = !child.sync_open;
+    let mut start_requested = started;
+    let mut sync = child.sync_open.then_some(child.sync);
     let mut start_error: Option<String> = None;
     let mut buf = vec![0u8; 32 * 1024];
     let status;
@@ -281,7 +320,7 @@ fn supervise(req: &CreateRequest, child: Child, io: Io) -> i32 {
             }
         };
         push(Some(child.pidfd.as_raw_fd()));
-        push(Some(io.start_fifo.as_raw_fd()));
+        push(io.start_fifo.as_ref().map(|f| f.as_raw_fd()));
         push(if start_requested {
             sync.as_ref().map(|s| s.as_raw_fd())
         } else {
@@ -298,8 +337,8 @@ fn supervise(req: &CreateRequest, child: Child, io: Io) -> i32 {
             if p.revents == 0 {
                 continue;
             }
-            if p.fd == io.start_fifo.as_raw_fd() {
-                let _ = (&io.start_fifo).read(&mut buf);
+            if let Some(mut fifo) = io.start_fifo.as_ref().filter(|f| f.as_raw_fd() == p.fd) {
+                let _ = fifo.read(&mut buf);
                 if started || start_requested {
                     answer_start(state_dir, &Err("container already started".into()));
                 } else if let Some(s) = &sync {
@@ -368,8 +407,10 @@ fn supervise(req: &CreateRequest, child: Child, io: Io) -> i32 {
         error: start_error,
     };
     let _ = write_json(&state_dir.join(files::EXIT), &info);
-    let _ = fs::remove_file(state_dir.join(files::START_FIFO));
-    let _ = fs::remove_file(state_dir.join(files::REPLY_FIFO));
+    if io.start_fifo.is_some() {
+        let _ = fs::remove_file(state_dir.join(files::START_FIFO));
+        let _ = fs::remove_file(state_dir.join(files::REPLY_FIFO));
+    }
     0
 }
 

@@ -1063,3 +1063,62 @@ fn run_starts_in_one_step_and_exec_failures_are_reported() {
     assert!(exit.error.is_some());
     env.assert_clean();
 }
+
+/// A network namespace bound to a file (what the networking layer prepares), removed on drop.
+struct BoundNetns(PathBuf);
+
+impl BoundNetns {
+    fn new(path: PathBuf) -> BoundNetns {
+        fs::write(&path, "").unwrap();
+        let ns = BoundNetns(path);
+        let out = std::process::Command::new("unshare")
+            .arg(format!("--net={}", ns.0.display()))
+            .arg("true")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let ok = std::process::Command::new("nsenter")
+            .arg(format!("--net={}", ns.0.display()))
+            .args(["ip", "link", "add", "berthtest0", "type", "bridge"])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        ns
+    }
+}
+
+impl Drop for BoundNetns {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
+#[test]
+fn joins_a_prepared_network_namespace_and_applies_rlimits() {
+    let env = Env::new();
+    let ns = BoundNetns::new(env.tmp.path().join("netns"));
+    let mut cfg = env.config(&[
+        "sh",
+        "-c",
+        "ls /sys/class/net | tr '\\n' ' '; echo; ulimit -n",
+    ]);
+    cfg.network = berth_agent::runtime::plan::NetworkMode::Join(ns.0.clone());
+    cfg.rlimits = vec![berth_agent::runtime::plan::Rlimit {
+        resource: libc::RLIMIT_NOFILE,
+        soft: 321,
+        hard: 4096,
+    }];
+    let (exit, out, err) = env.run("joined", &cfg);
+    assert_eq!(exit.exit_code, 0, "{err}");
+    assert_eq!(out, "berthtest0 lo \n321\n");
+    // the namespace outlives the container: it belongs to whoever bound it
+    let st = fs::metadata(&ns.0).unwrap();
+    assert!(st.len() == 0);
+    drop(ns);
+    env.assert_clean();
+}

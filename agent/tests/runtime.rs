@@ -1122,3 +1122,24 @@ fn joins_a_prepared_network_namespace_and_applies_rlimits() {
     drop(ns);
     env.assert_clean();
 }
+
+#[test]
+fn delete_cleans_up_a_create_that_crashed_half_way() {
+    let env = Env::new();
+    // what a daemon crash between "cgroup made" and "helper started" leaves behind
+    let plan = env.plan("half", &env.config(&["true"]));
+    let dir = env.rt.state_dir("half");
+    fs::create_dir_all(dir.join("upper/x")).unwrap();
+    fs::create_dir_all(dir.join("work")).unwrap();
+    berth_agent::runtime::state::write_json(&dir.join("plan.json"), &plan).unwrap();
+    env.rt
+        .cgroups()
+        .create(&plan.cgroup.path, &plan.cgroup.limits)
+        .unwrap();
+    assert!(env.cgroup_dir("memory", "half").is_dir());
+    assert_eq!(env.rt.state("half").unwrap().status, Status::Creating);
+    env.rt.delete("half", false).unwrap();
+    assert!(!dir.exists());
+    assert!(!env.cgroup_dir("memory", "half").exists());
+    env.assert_clean();
+}

@@ -530,6 +530,7 @@ pub fn setup_process(process: &ProcessPlan, seccomp: &[Vec<u8>]) -> Result<PathB
     step(sys::clear_ambient(), || "clear ambient capabilities".into())?;
     enter_cwd(&process.cwd)?;
     let exe = look_path(&process.args[0], &process.env)?;
+    step(sys::cloexec_fds_from(3), || "mark fds close-on-exec".into())?;
     if process.no_new_privs {
         step(sys::set_no_new_privs(), || "PR_SET_NO_NEW_PRIVS".into())?;
         if use_seccomp {

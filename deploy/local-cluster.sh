@@ -29,7 +29,10 @@ done
 
 hosts() { cat "$dir/hosts" 2>/dev/null || true; }
 sock() { echo "$dir/$1/berthd.sock"; }
-berth_on() { local h=$1; shift; ip netns exec "$prefix-$h" "$bin/berth" -H "unix://$(sock "$h")" "$@"; }
+# nsenter joins only the network namespace; `ip netns exec` would also remount /sys and hide
+# the cgroup hierarchies the runtime needs.
+in_host() { local h=$1; shift; nsenter --net="/run/netns/$prefix-$h" "$@"; }
+berth_on() { local h=$1; shift; in_host "$h" "$bin/berth" -H "unix://$(sock "$h")" "$@"; }
 
 up() {
   local managers=${1:-1} workers=${2:-2} n i h
@@ -49,8 +52,8 @@ up() {
     ip -n "$prefix-$h" link set eth0 up
     ip -n "$prefix-$h" link set lo up
     mkdir -p "$dir/$h"
-    ip netns exec "$prefix-$h" "$bin/berthd" --data-dir "$dir/$h/state" --socket "$(sock "$h")" \
-      --cgroup-parent "berth-local-$h" > "$dir/$h/berthd.log" 2>&1 &
+    in_host "$h" "$bin/berthd" --data-dir "$dir/$h/state" --socket "$(sock "$h")" \
+      --cgroup-parent "berth-local-$h" --hostname "node-$i" > "$dir/$h/berthd.log" 2>&1 &
     echo $! > "$dir/$h/berthd.pid"
   done
   for h in $(hosts); do
@@ -97,6 +100,10 @@ down() {
     # Anything left in the host's namespace goes too.
     for pid in $(ip netns pids "$prefix-$h" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
     ip netns del "$prefix-$h" 2>/dev/null || true
+    # The node's (now empty) cgroup parents, in every hierarchy.
+    for cg in /sys/fs/cgroup/*/"berth-local-$h" /sys/fs/cgroup/"berth-local-$h"; do
+      [ -d "$cg" ] && rmdir "$cg" 2>/dev/null || true
+    done
   done
   ip netns del "$prefix-sw" 2>/dev/null || true
   rm -rf "$dir"

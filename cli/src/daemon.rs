@@ -56,6 +56,11 @@ pub struct RunArgs {
     #[arg(long, default_value = DEFAULT_CGROUP_PARENT)]
     pub cgroup_parent: String,
 
+    /// Host name this node reports to the cluster (default: the machine's); lets several
+    /// daemons on one machine tell themselves apart in `berth node ls`
+    #[arg(long)]
+    pub hostname: Option<String>,
+
     /// Log filter (tracing's env-filter syntax); RUST_LOG overrides it
     #[arg(long, default_value = "info")]
     pub log_level: String,

@@ -17,6 +17,7 @@
 //! Raft member ids come from node ids ([`crate::raft_net::raft_id_for`]) and are recorded in
 //! the Node objects' `manager_status.raft_id`.
 
+mod leader;
 mod recovery;
 mod roles;
 
@@ -44,6 +45,7 @@ use tonic::transport::ServerTlsConfig;
 use crate::ca::service::CaService;
 use crate::ca::{CaError, DEFAULT_NODE_CERT_VALIDITY, JoinTokens, RootCa};
 use crate::control::ControlService;
+use crate::dispatcher::{DispatcherService, DispatcherSlot};
 use crate::raft::{Leadership, NodeId, RaftConfig, RaftNode, RaftNodeError};
 use crate::raft_net::{
     GrpcNetwork, MembershipService, Peers, ProposeError, RaftService, Replica, Timeouts,
@@ -177,6 +179,7 @@ enum JoinState {
 /// One running manager. See the module docs.
 pub struct Manager {
     replica: Arc<Replica>,
+    dispatcher: DispatcherSlot,
     cluster_id: String,
     creds: RwLock<NodeCredentials>,
     cancel: CancellationToken,
@@ -418,9 +421,12 @@ impl Manager {
             cancel.clone(),
             RECONCILE_PERIOD,
         ));
+        let dispatcher = DispatcherSlot::new();
+        leader::spawn(&replica, &dispatcher, &tasks, &cancel);
         let (_, join_state) = watch::channel(join);
         Ok(Manager {
             replica,
+            dispatcher,
             cluster_id: identity.cluster_id,
             creds: RwLock::new(creds),
             cancel,
@@ -463,10 +469,14 @@ impl Manager {
         }
     }
 
-    /// The gRPC services to mount on the node's cluster port: CA, Control, Raft and
-    /// RaftMembership (berthd adds the dispatcher).
+    /// The gRPC services to mount on the node's cluster port: CA, Control, Raft,
+    /// RaftMembership and the Dispatcher agents hold their sessions with.
     pub fn routes(&self) -> Routes {
         Routes::new(CaService::new(self.replica.clone()).into_server())
+            .add_service(
+                DispatcherService::for_replica(self.dispatcher.clone(), self.replica.clone())
+                    .into_server(),
+            )
             .add_service(ControlService::new(self.replica.clone()).into_server())
             .add_service(RaftService::new(self.replica.clone()).into_server())
             .add_service(MembershipService::new(self.replica.clone()).into_server())

@@ -53,10 +53,11 @@ impl TestNode {
             }
             process.restart()?;
         } else {
-            let (state, socket, cgroup) = (
+            let (state, socket, cgroup, hostname) = (
                 self.state_dir.clone(),
                 self.socket.clone(),
                 self.cgroup_parent.clone(),
+                format!("node-{}", self.host.index()),
             );
             let process = self
                 .host
@@ -66,6 +67,7 @@ impl TestNode {
                         .arg("--socket")
                         .arg(&socket)
                         .args(["--cgroup-parent", &cgroup])
+                        .args(["--hostname", &hostname])
                         .env("RUST_LOG", "info");
                 })?;
             self.process = Some(process);
@@ -200,6 +202,33 @@ impl TestCluster {
             .join("\n")
     }
 
+    /// Builds the busybox test image as a `docker save` archive and loads it on every node.
+    pub fn load_test_image(&self) -> anyhow::Result<()> {
+        let archive = self.net.dir().join("busybox.tar");
+        crate::image::TestImage::busybox(crate::image::DEFAULT_REF)
+            .write_docker_archive(&archive)?;
+        let path = archive.display().to_string();
+        for node in &self.nodes {
+            node.berth_ok(&["image", "load", "-i", &path])?;
+        }
+        Ok(())
+    }
+
+    /// `berth swarm init` on node `i` with extra flags, advertising its host address.
+    pub fn init_with(&self, i: usize, flags: &[&str]) -> anyhow::Result<String> {
+        let addr = self.nodes[i].cluster_addr();
+        let mut args = vec![
+            "swarm",
+            "init",
+            "--advertise-addr",
+            &addr,
+            "--listen-addr",
+            &addr,
+        ];
+        args.extend_from_slice(flags);
+        self.nodes[i].berth_ok(&args)
+    }
+
     /// `berth swarm init` on node `i`, advertising its host address.
     pub fn init(&self, i: usize) -> anyhow::Result<String> {
         let addr = self.nodes[i].cluster_addr();
@@ -241,11 +270,28 @@ impl TestCluster {
 }
 
 impl Drop for TestCluster {
+    /// Containers outlive their daemon by design, so they go first (through the daemon when it
+    /// runs), then the daemons, then whatever the node's cgroup parent and state directory
+    /// still hold: processes, cgroups and mounts.
     fn drop(&mut self) {
         for node in &mut self.nodes {
+            if let Some(process) = node.process.as_mut()
+                && process.is_running().unwrap_or(false)
+                && let Ok(ids) = node.berth_ok(&["ps", "-aq"])
+            {
+                let ids: Vec<&str> = ids.split_whitespace().collect();
+                if !ids.is_empty() {
+                    let mut args = vec!["rm", "-f"];
+                    args.extend(ids);
+                    let _ = node.berth(&args);
+                }
+            }
             if let Some(mut process) = node.process.take() {
                 let _ = process.kill9();
             }
+            crate::cleanup::kill_cgroup(&node.cgroup_parent);
+            crate::cleanup::unmount_under(self.net.dir());
+            crate::cleanup::remove_cgroup(&node.cgroup_parent);
         }
     }
 }

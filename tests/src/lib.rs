@@ -1,6 +1,7 @@
 //! Berth test harness.
 
 pub mod bins;
+pub mod cleanup;
 pub mod cluster;
 pub mod image;
 

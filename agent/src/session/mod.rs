@@ -28,7 +28,7 @@ use std::time::Duration;
 use berth_proto::identity::{NodeCredentials, client_tls_config};
 use berth_proto::v1::dispatcher_client::DispatcherClient;
 use berth_proto::v1::{
-    AssignmentsRequest, AssignmentsType, HeartbeatRequest, NodeDescription, SessionMessage,
+    AssignmentsRequest, AssignmentsType, HeartbeatRequest, Node, NodeDescription, SessionMessage,
     SessionRequest, UpdateTaskStatusRequest,
 };
 use tokio::sync::watch;
@@ -79,7 +79,13 @@ pub struct SessionConfig {
     pub backoff_max: Duration,
     /// Statuses per UpdateTaskStatus call at most (1024).
     pub status_batch: usize,
+    /// Called with this node's object from every session message (berthd renews its
+    /// certificate when the managers changed the node's role).
+    pub on_node: Option<NodeCallback>,
 }
+
+/// See [`SessionConfig::on_node`].
+pub type NodeCallback = Arc<dyn Fn(&Node) + Send + Sync>;
 
 impl std::fmt::Debug for SessionConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -108,6 +114,7 @@ impl SessionConfig {
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(8),
             status_batch: 1024,
+            on_node: None,
         }
     }
 }
@@ -303,6 +310,9 @@ impl Session {
         let session_id = first.session_id.clone();
         *last_session = session_id.clone();
         managers.update(&first.managers);
+        if let (Some(on_node), Some(node)) = (&self.cfg.on_node, &first.node) {
+            on_node(node);
+        }
         self.state.send_modify(|s| {
             s.manager = Some(addr.to_owned());
             s.session_id = session_id.clone();
@@ -314,7 +324,7 @@ impl Session {
         }
 
         let error = tokio::select! {
-            e = listen(&mut session_stream, managers) => e,
+            e = listen(&mut session_stream, managers, self.cfg.on_node.as_ref()) => e,
             e = self.heartbeats(client.clone(), &session_id) => e,
             e = self.assignments(client.clone(), &session_id) => e,
             e = self.send_statuses(client.clone(), &session_id) => e,
@@ -409,12 +419,19 @@ impl Session {
 }
 
 /// Reads the session stream: keeps the manager list current; returns why it ended.
-async fn listen(stream: &mut tonic::Streaming<SessionMessage>, managers: &mut Managers) -> String {
+async fn listen(
+    stream: &mut tonic::Streaming<SessionMessage>,
+    managers: &mut Managers,
+    on_node: Option<&NodeCallback>,
+) -> String {
     loop {
         match stream.message().await {
             Ok(Some(m)) => {
                 if managers.update(&m.managers) {
                     tracing::info!(managers = ?managers.addrs(), "manager list changed");
+                }
+                if let (Some(on_node), Some(node)) = (on_node, &m.node) {
+                    on_node(node);
                 }
             }
             Ok(None) => return "the session stream ended".into(),

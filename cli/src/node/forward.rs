@@ -44,7 +44,10 @@ impl Target {
     }
 
     fn get(&self) -> Option<Channel> {
-        self.0.read().unwrap_or_else(PoisonError::into_inner).clone()
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 }
 
@@ -57,14 +60,20 @@ pub struct Forward<F> {
 
 impl<F> Clone for Forward<F> {
     fn clone(&self) -> Self {
-        Self { target: self.target.clone(), _service: PhantomData }
+        Self {
+            target: self.target.clone(),
+            _service: PhantomData,
+        }
     }
 }
 
 impl<F: Forwarded> Forward<F> {
     /// Forwards to `target`.
     pub fn new(target: Target) -> Self {
-        Self { target, _service: PhantomData }
+        Self {
+            target,
+            _service: PhantomData,
+        }
     }
 }
 

@@ -46,8 +46,7 @@ impl Membership {
         use std::io::Write;
         let path = path(state_root);
         let tmp = path.with_extension("json.tmp");
-        let mut file =
-            std::fs::File::create(&tmp).with_context(|| format!("creating {tmp:?}"))?;
+        let mut file = std::fs::File::create(&tmp).with_context(|| format!("creating {tmp:?}"))?;
         file.write_all(&serde_json::to_vec_pretty(self)?)?;
         file.sync_all()?;
         std::fs::rename(&tmp, &path).with_context(|| format!("renaming {tmp:?} to {path:?}"))?;

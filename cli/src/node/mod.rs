@@ -4,6 +4,7 @@
 //! Architecture Invariant: the daemon is multi-threaded and never forks itself; containers are
 //! set up by the runtime's single-threaded helper.
 
+mod agent;
 mod forward;
 mod local_api;
 mod membership;
@@ -22,18 +23,26 @@ use crate::daemon::RunArgs;
 
 /// Runs the daemon in the foreground until SIGTERM or SIGINT.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    swarm::set_hostname(args.hostname.clone());
     let state = Arc::new(StateDir::open(&args.data_dir)?);
     let cancel = CancellationToken::new();
     shutdown::cancel_on_signal(cancel.clone())?;
 
-    let control = forward::Target::default();
-    let swarm = Arc::new(swarm::Swarm::new(state.clone(), control.clone()));
-    swarm.resume().await.context("rejoining the swarm after a restart")?;
-    let engine = Arc::new(
+    let engine =
         berth_agent::engine::Engine::open(args.data_dir.clone(), args.cgroup_parent.clone())
             .await
-            .context("opening the container engine")?,
-    );
+            .context("opening the container engine")?;
+    let control = forward::Target::default();
+    let swarm = Arc::new(swarm::Swarm::new(
+        state.clone(),
+        control.clone(),
+        engine.clone(),
+    ));
+    swarm
+        .resume()
+        .await
+        .context("rejoining the swarm after a restart")?;
+    let engine = Arc::new(engine);
     let api = Arc::new(local_api::LocalApi::new(state, swarm.clone(), engine));
     let listener = local_api::bind(&args.socket)?;
     tracing::info!(socket = ?args.socket, data_dir = ?args.data_dir, "berthd started");

@@ -10,11 +10,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use berth_agent::engine::Engine;
+use berth_agent::session::NodeCallback;
 use berth_manager::manager::{InitOptions, Manager, ManagerConfig};
 use berth_proto::identity::Role;
 use berth_proto::identity::{CertDir, NodeCredentials, client_tls_config};
 use berth_proto::v1::{
-    InfoResponse, LocalSwarmState, NodeAvailability, NodeRole, SwarmInitRequest, SwarmJoinRequest,
+    InfoResponse, LocalSwarmState, Node, NodeAvailability, NodeRole, SwarmInitRequest,
+    SwarmJoinRequest,
 };
 use tokio::net::TcpListener;
 use tokio::sync::{Mutex, Notify, watch};
@@ -24,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 
 use super::StateDir;
+use super::agent::NodeAgent;
 use super::forward::Target;
 use super::membership::Membership;
 
@@ -34,6 +38,7 @@ const DEFAULT_PORT: u16 = 4377;
 #[derive(Debug)]
 pub struct Swarm {
     state: Arc<StateDir>,
+    engine: Engine,
     control: Target,
     active: Mutex<Option<Active>>,
 }
@@ -52,9 +57,7 @@ struct Active {
 #[derive(Debug)]
 struct Renewal {
     cancel: CancellationToken,
-    // Notified by the agent session when the managers change this node's role.
-    #[allow(dead_code)]
-    renew_now: Arc<Notify>,
+    agent: Option<NodeAgent>,
 }
 
 /// The cluster port's gRPC server.
@@ -81,9 +84,10 @@ impl ClusterServer {
 
 impl Swarm {
     /// The swarm side over `state`, forwarding local Control calls through `control`.
-    pub fn new(state: Arc<StateDir>, control: Target) -> Self {
+    pub fn new(state: Arc<StateDir>, control: Target, engine: Engine) -> Self {
         Self {
             state,
+            engine,
             control,
             active: Mutex::new(None),
         }
@@ -370,13 +374,18 @@ impl Swarm {
         Ok(())
     }
 
-    /// Starts renewing this node's certificate in the background (at 50-80 % of its validity,
-    /// or at once after [`Swarm::renew_now`]), applying each new certificate.
+    /// Starts the node's background loops: certificate renewal (at 50-80 % of its validity,
+    /// or at once when the managers changed this node's role) applying each new certificate,
+    /// and the agent (worker + session with the dispatcher).
     fn start_renewal(self: &Arc<Self>, active: &mut Active) {
-        let Ok(creds) = self.cert_dir().load() else {
-            tracing::error!("cannot load this node's certificates: renewal not started");
-            return;
+        let creds = match self.cert_dir().load() {
+            Ok(creds) => creds,
+            Err(err) => {
+                tracing::error!("cannot load this node's certificates ({err}): not starting");
+                return;
+            }
         };
+        let cert_role = creds.identity().map(|i| i.role).ok();
         let (updates, mut renewed) = watch::channel(creds);
         let renew_now = Arc::new(Notify::new());
         let cancel = CancellationToken::new();
@@ -384,9 +393,10 @@ impl Swarm {
         if active.membership.manager && !managers.contains(&active.membership.advertise_addr) {
             managers.insert(0, active.membership.advertise_addr.clone());
         }
+        let agent_creds = updates.subscribe();
         tokio::spawn(berth_agent::join::renew_loop(
             self.cert_dir(),
-            managers,
+            managers.clone(),
             updates,
             renew_now.clone(),
             cancel.clone(),
@@ -405,21 +415,40 @@ impl Swarm {
                 }
             }
         });
-        active.renewal = Some(Renewal { cancel, renew_now });
-    }
-
-    /// Renews the certificate now (the managers changed this node's role).
-    #[allow(dead_code)]
-    pub async fn renew_now(&self) {
-        if let Some(renewal) = self
-            .active
-            .lock()
-            .await
-            .as_ref()
-            .and_then(|a| a.renewal.as_ref())
-        {
-            renewal.renew_now.notify_one();
-        }
+        // The managers changed this node's role (promote/demote): renew now to get a
+        // certificate with the new role.
+        let role_watch = agent_creds.clone();
+        let on_node: NodeCallback = Arc::new(move |node: &Node| {
+            let current = role_watch
+                .borrow()
+                .identity()
+                .map(|i| i.role)
+                .ok()
+                .or(cert_role);
+            let wanted = match NodeRole::try_from(node.role) {
+                Ok(NodeRole::Manager) => Role::Manager,
+                _ => Role::Worker,
+            };
+            if current != Some(wanted) {
+                tracing::info!(?wanted, "the managers changed this node's role; renewing");
+                renew_now.notify_one();
+            }
+        });
+        let agent = match NodeAgent::start(
+            self.state.root(),
+            self.engine.clone(),
+            managers,
+            agent_creds,
+            &active.membership.advertise_addr,
+            on_node,
+        ) {
+            Ok(agent) => Some(agent),
+            Err(err) => {
+                tracing::error!("the agent could not start: {err:#}");
+                None
+            }
+        };
+        active.renewal = Some(Renewal { cancel, agent });
     }
 
     /// Uses a renewed certificate: a manager certificate on a worker starts a manager (it
@@ -523,6 +552,9 @@ impl Swarm {
 async fn stop_active(active: Active) {
     if let Some(renewal) = active.renewal {
         renewal.cancel.cancel();
+        if let Some(agent) = renewal.agent {
+            agent.stop().await;
+        }
     }
     if let Some(server) = active.server {
         server.stop().await;
@@ -596,9 +628,22 @@ fn duration(d: prost_types::Duration) -> Duration {
 
 /// The machine's host name.
 pub fn hostname() -> String {
+    if let Some(name) = HOSTNAME.get() {
+        return name.clone();
+    }
     nix::unistd::gethostname()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default()
+}
+
+/// `berthd --hostname`: the name this node reports instead of the machine's.
+static HOSTNAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Sets the reported host name once, at daemon start.
+pub fn set_hostname(name: Option<String>) {
+    if let Some(name) = name {
+        let _ = HOSTNAME.set(name);
+    }
 }
 
 #[cfg(test)]

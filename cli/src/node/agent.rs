@@ -1,0 +1,101 @@
+//! The agent side of a node in a swarm: the worker (runs assigned tasks on the local engine)
+//! and the session with the managers' dispatcher that feeds it. Runs on every node, managers
+//! included, like Swarm.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use berth_agent::engine::Engine;
+use berth_agent::session::{NodeCallback, Session, SessionConfig};
+use berth_agent::worker::{EngineExecutor, Worker, WorkerConfig};
+use berth_proto::identity::NodeCredentials;
+use berth_proto::v1::{NodeDescription, Platform, Resources};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// The running worker and session of this node.
+#[derive(Debug)]
+pub struct NodeAgent {
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl NodeAgent {
+    /// Opens the worker (its task database under `state_root`), adopts the containers of its
+    /// tasks, and starts the session with `managers`.
+    pub fn start(
+        state_root: &Path,
+        engine: Engine,
+        managers: Vec<String>,
+        credentials: watch::Receiver<NodeCredentials>,
+        advertise_addr: &str,
+        on_node: NodeCallback,
+    ) -> anyhow::Result<NodeAgent> {
+        let worker = Worker::open(
+            WorkerConfig::new(state_root),
+            Arc::new(EngineExecutor::new(engine)),
+        )?;
+        let mut cfg = SessionConfig::new(managers, credentials, describe(advertise_addr));
+        cfg.managers_file = Some(state_root.join("agent/managers.json"));
+        cfg.on_node = Some(on_node);
+        let session = Session::new(cfg, worker.handle());
+        let cancel = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let stop = cancel.clone();
+        tasks.spawn(async move {
+            if let Err(err) = worker.run(stop).await {
+                tracing::error!("worker stopped: {err}");
+            }
+        });
+        let stop = cancel.clone();
+        tasks.spawn(async move {
+            if let Err(err) = session.run(stop).await {
+                tracing::error!("session stopped: {err}");
+            }
+        });
+        Ok(NodeAgent { cancel, tasks })
+    }
+
+    /// Stops the session and the worker; containers keep running.
+    pub async fn stop(self) {
+        self.cancel.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}
+
+/// What this node tells the managers about itself.
+fn describe(advertise_addr: &str) -> NodeDescription {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    NodeDescription {
+        hostname: super::swarm::hostname(),
+        platform: Some(Platform {
+            os: std::env::consts::OS.into(),
+            architecture: std::env::consts::ARCH.into(),
+        }),
+        resources: Some(Resources {
+            nano_cpus: i64::try_from(cpus).unwrap_or(1) * 1_000_000_000,
+            memory_bytes: memory_bytes(),
+            ..Default::default()
+        }),
+        engine_version: crate::VERSION.into(),
+        addr: advertise_addr
+            .rsplit_once(':')
+            .map_or(advertise_addr, |(ip, _)| ip)
+            .to_string(),
+        ..Default::default()
+    }
+}
+
+/// Total memory from /proc/meminfo (0 if unreadable).
+fn memory_bytes() -> i64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+            let kib: i64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib * 1024)
+        })
+        .unwrap_or(0)
+}

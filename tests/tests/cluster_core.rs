@@ -384,3 +384,80 @@ fn certificates_renew_before_they_expire_and_the_cluster_keeps_working() -> anyh
     }
     Ok(())
 }
+
+#[test]
+fn promote_demote_and_remove_nodes() -> anyhow::Result<()> {
+    wait::init_test_logging();
+    let cluster = TestCluster::new(3)?;
+    cluster.init(0)?;
+    cluster.join(1, 0, "worker")?;
+    cluster.join(2, 0, "worker")?;
+    wait::wait_until_or_dump(
+        Duration::from_secs(15),
+        "both workers are Ready",
+        || {
+            Ok(cluster
+                .node(0)
+                .berth_ok(&["node", "ls"])?
+                .matches(" Ready ")
+                .count()
+                == 3)
+        },
+        || cluster.logs(),
+    )?;
+
+    // Promote: the worker renews its certificate as a manager and joins Raft.
+    let out = cluster.node(0).berth_ok(&["node", "promote", "node-1"])?;
+    assert!(
+        out.contains("Node node-1 promoted to a manager in the swarm."),
+        "{out}"
+    );
+    wait::wait_until_or_dump(
+        Duration::from_secs(20),
+        "node-1 answers as a reachable manager",
+        || {
+            let Ok(ls) = cluster.node(1).berth_ok(&["node", "ls"]) else {
+                return Ok(false);
+            };
+            Ok(ls
+                .lines()
+                .any(|l| l.contains("node-1") && l.contains("Reachable")))
+        },
+        || cluster.logs(),
+    )?;
+
+    // Demote it again: it stops being a manager.
+    let out = cluster.node(0).berth_ok(&["node", "demote", "node-1"])?;
+    assert!(
+        out.contains("Manager node-1 demoted in the swarm."),
+        "{out}"
+    );
+    wait::wait_until_or_dump(
+        Duration::from_secs(20),
+        "node-1 is a worker again",
+        || {
+            let err = cluster.node(1).berth(&["node", "ls"])?;
+            let stderr = String::from_utf8_lossy(&err.stderr).to_string();
+            Ok(!err.status.success() && stderr.contains("not a swarm manager"))
+        },
+        || cluster.logs(),
+    )?;
+
+    // The last manager cannot be demoted: that would lose the cluster.
+    let err = cluster.node(0).berth_err(&["node", "demote", "node-0"])?;
+    assert!(err.starts_with("Error: "), "{err}");
+
+    // Remove a worker: refused while it is up unless forced; afterwards its certificate is
+    // refused by the managers, so it can no longer report.
+    let err = cluster.node(0).berth_err(&["node", "rm", "node-2"])?;
+    assert!(err.starts_with("Error: "), "{err}");
+    cluster
+        .node(0)
+        .berth_ok(&["node", "rm", "--force", "node-2"])?;
+    let ls = cluster.node(0).berth_ok(&["node", "ls"])?;
+    assert!(!ls.contains("node-2"), "{ls}");
+    std::thread::sleep(Duration::from_secs(2));
+    let ls = cluster.node(0).berth_ok(&["node", "ls"])?;
+    assert!(!ls.contains("node-2"), "the removed node came back:\n{ls}");
+    Ok(())
+}

@@ -461,3 +461,47 @@ fn promote_demote_and_remove_nodes() -> anyhow::Result<()> {
     assert!(!ls.contains("node-2"), "the removed node came back:\n{ls}");
     Ok(())
 }
+
+#[test]
+fn swarm_update_ca_and_leave() -> anyhow::Result<()> {
+    wait::init_test_logging();
+    let cluster = TestCluster::new(2)?;
+    cluster.init_with(0, &["--dispatcher-heartbeat", "500ms"])?;
+    cluster.join(1, 0, "worker")?;
+
+    let pem = cluster.node(0).berth_ok(&["swarm", "ca"])?;
+    assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"), "{pem}");
+    let out = cluster
+        .node(0)
+        .berth_ok(&["swarm", "update", "--task-history-limit", "2"])?;
+    assert!(out.contains("Swarm updated."), "{out}");
+    let err = cluster
+        .node(0)
+        .berth_err(&["swarm", "update", "--cert-expiry", "1s"])?;
+    assert!(err.contains("certificate expiry"), "{err}");
+    let err = cluster.node(1).berth_err(&["swarm", "ca"])?;
+    assert!(err.contains("not a swarm manager"), "{err}");
+
+    // A worker leaves; a manager needs --force.
+    let out = cluster.node(1).berth_ok(&["swarm", "leave"])?;
+    assert!(out.contains("Node left the swarm."), "{out}");
+    assert!(
+        cluster
+            .node(1)
+            .berth_ok(&["info"])?
+            .contains("Swarm: inactive")
+    );
+    let err = cluster.node(0).berth_err(&["swarm", "leave"])?;
+    assert!(err.contains("--force"), "{err}");
+    wait::wait_until(
+        Duration::from_secs(20),
+        "the manager sees the worker Down",
+        || {
+            let ls = cluster.node(0).berth_ok(&["node", "ls"])?;
+            Ok(ls
+                .lines()
+                .any(|l| l.contains("node-1") && l.contains("Down")))
+        },
+    )?;
+    Ok(())
+}

@@ -1,5 +1,6 @@
 //! Berth manager.
 
+pub mod allocator;
 pub mod ca;
 pub mod orchestrator;
 pub mod control;

@@ -634,6 +634,114 @@ fn stop_honours_the_grace_period_and_rm_needs_force_for_running_containers() {
 }
 
 #[test]
+fn resource_and_security_flags_take_effect() {
+    let node = Node::start();
+    let img = node.load_busybox(DEFAULT_REF);
+
+    tracing::info!("--memory, --cpus, --pids-limit land in the container's cgroup");
+    let id = node.ok(&[
+        "run",
+        "-d",
+        "--memory",
+        "64m",
+        "--cpus",
+        "0.5",
+        "--pids-limit",
+        "20",
+        &img,
+        "sleep",
+        "1000",
+    ]);
+    let id = id.trim();
+    let cg = |controller: &str, file: &str| {
+        fs::read_to_string(
+            Path::new("/sys/fs/cgroup")
+                .join(controller)
+                .join(&node.parent)
+                .join(id)
+                .join(file),
+        )
+        .unwrap()
+        .trim()
+        .to_string()
+    };
+    assert_eq!(
+        cg("memory", "memory.limit_in_bytes"),
+        (64u64 << 20).to_string()
+    );
+    assert_eq!(cg("cpu", "cpu.cfs_quota_us"), "50000");
+    assert_eq!(cg("cpu", "cpu.cfs_period_us"), "100000");
+    assert_eq!(cg("pids", "pids.max"), "20");
+    let json: serde_json::Value = serde_json::from_str(&node.ok(&["inspect", id])).unwrap();
+    assert_eq!(json[0]["HostConfig"]["Memory"], 64 << 20);
+    assert_eq!(json[0]["HostConfig"]["NanoCpus"], 500_000_000);
+    assert_eq!(json[0]["HostConfig"]["PidsLimit"], 20);
+    node.ok(&["rm", "-f", id]);
+
+    tracing::info!("--read-only");
+    let r = node.berth(&["run", "--rm", "--read-only", &img, "touch", "/x"]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("Read-only file system"), "{}", r.stderr);
+    let r = node.berth(&["run", "--rm", &img, "touch", "/x"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+
+    tracing::info!("--cap-drop / --cap-add");
+    let caps = |extra: &[&str]| {
+        let mut args = vec!["run", "--rm"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&[&img, "grep", "CapEff", "/proc/self/status"]);
+        node.ok(&args)
+    };
+    assert_eq!(caps(&[]), "CapEff:\t00000000a80425fb\n");
+    assert_eq!(
+        caps(&["--cap-drop", "ALL", "--cap-add", "CHOWN"]),
+        "CapEff:\t0000000000000001\n"
+    );
+    assert_eq!(
+        caps(&["--cap-drop", "NET_RAW"]),
+        "CapEff:\t00000000a80405fb\n"
+    );
+
+    tracing::info!("--init puts an init in front of the command");
+    assert_eq!(
+        node.ok(&["run", "--rm", &img, "sh", "-c", "echo $$"]),
+        "1\n"
+    );
+    let pid = node.ok(&["run", "--rm", "--init", &img, "sh", "-c", "echo $$"]);
+    assert_ne!(pid, "1\n");
+    node.finish();
+}
+
+#[test]
+fn foreground_run_forwards_sigterm_to_the_container() {
+    use std::io::{BufRead, BufReader};
+    let node = Node::start();
+    let img = node.load_busybox(DEFAULT_REF);
+    let mut client = Command::new(bins::berth().unwrap())
+        .arg("-H")
+        .arg(format!("unix://{}", node.socket().display()))
+        .args(["run", "--rm", &img, "sh", "-c"])
+        .arg("trap 'echo got term; exit 5' TERM; echo ready; while true; do sleep 0.05; done")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(client.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "ready");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(client.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert_eq!(lines.next().unwrap().unwrap(), "got term");
+    let status = client.wait().unwrap();
+    assert_eq!(status.code(), Some(5));
+    assert_eq!(node.ok(&["ps", "-aq"]), "", "--rm removed it");
+    node.finish();
+}
+
+#[test]
 fn run_detached_with_rm_removes_the_container_when_it_exits() {
     let node = Node::start();
     let img = node.load_busybox(DEFAULT_REF);

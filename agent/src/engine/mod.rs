@@ -1,5 +1,5 @@
 //! The local container engine behind `berth run/ps/logs/exec/stop/kill/rm/inspect` and
-//! `berth image load/ls/inspect/rm`: it owns the node's image store and container runtime
+//! `berth image load/pull/ls/inspect/rm`: it owns the node's image store and container runtime
 //! and answers the LocalNode container and image calls, one async method per RPC.
 //!
 //! ```text
@@ -19,6 +19,8 @@
 //! supervisor to exit, publishes the exit to waiters and log followers, and removes the
 //! container if it was created with `auto_remove` (`--rm`). A restarted daemon re-reads the
 //! records, adopts running containers and reports the exits of those that ended meanwhile.
+//! A container with a health check (its request's or its image's `HEALTHCHECK`) is probed
+//! while it runs by a monitor task (see `health`); inspect and list show its health.
 //!
 //! Invariants:
 //! - a record is written before the runtime creates the container and removed after the
@@ -32,8 +34,10 @@
 mod convert;
 mod error;
 mod exec;
+mod health;
 mod logs;
 mod names;
+mod pull;
 mod record;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -75,6 +79,9 @@ use crate::runtime::{
 /// A stream of messages as tonic's server-streaming methods return it.
 pub type MessageStream<T> = Pin<Box<dyn Stream<Item = Result<T, tonic::Status>> + Send>>;
 
+/// How long auto-removal waits for log streams to read the end of the log.
+const FOLLOWER_GRACE: Duration = Duration::from_secs(5);
+
 /// How many exits of auto-removed containers are remembered for late waiters.
 const REMEMBERED_EXITS: usize = 256;
 
@@ -93,6 +100,9 @@ pub struct EngineConfig {
     /// Binary run as the runtime's setup helper (the daemon itself by default; its `main`
     /// calls `runtime::init::maybe_run_init` first).
     pub helper: HelperBinary,
+    /// Registry pulls: trusted CAs, credentials, plain-HTTP registries, Docker Hub (read
+    /// from the daemon's environment by [`EngineConfig::new`]; see [`crate::image::pull`]).
+    pub pull: crate::image::pull::PullConfig,
 }
 
 impl EngineConfig {
@@ -103,6 +113,7 @@ impl EngineConfig {
             cgroup_parent: cgroup_parent.into(),
             cgroup_root: PathBuf::from("/sys/fs/cgroup"),
             helper: HelperBinary::CurrentExe,
+            pull: crate::image::pull::PullConfig::from_env(),
         }
     }
 }
@@ -123,6 +134,8 @@ impl std::fmt::Debug for Engine {
 
 struct Inner {
     images: ImageStore,
+    /// Pulls from registries into `images`.
+    puller: crate::image::pull::Puller,
     runtime: Runtime,
     /// `<data-dir>/containers`: runtime state root and engine records.
     dir: PathBuf,
@@ -134,6 +147,8 @@ struct Inner {
     removed: Mutex<VecDeque<(String, String, ExitInfo)>>,
     /// Serialises container creation with image removal.
     gate: Mutex<()>,
+    /// Health checks of the containers that have one.
+    health: health::Slots,
 }
 
 /// One known container.
@@ -147,6 +162,25 @@ struct Entry {
     settled: watch::Sender<bool>,
     /// A removal is under way.
     removing: AtomicBool,
+    /// Log streams reading the container's log; auto-removal waits for them to finish
+    /// (up to [`FOLLOWER_GRACE`]), so `berth run --rm` never loses the last output.
+    followers: watch::Sender<usize>,
+}
+
+/// Counts a log stream in [`Entry::followers`] while it lives.
+struct Follower(Arc<Entry>);
+
+impl Follower {
+    fn new(entry: Arc<Entry>) -> Follower {
+        entry.followers.send_modify(|n| *n += 1);
+        Follower(entry)
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        self.0.followers.send_modify(|n| *n = n.saturating_sub(1));
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -202,7 +236,8 @@ impl Engine {
         };
         let entries: Vec<Arc<Entry>> = lock(&engine.inner.containers).values().cloned().collect();
         for entry in entries {
-            engine.spawn_watcher(entry);
+            engine.spawn_watcher(Arc::clone(&entry));
+            engine.start_health_monitor(entry).await;
         }
         Ok(engine)
     }
@@ -230,6 +265,8 @@ impl Engine {
             entry.exit.send_replace(Some(exit));
         }
         if entry.info.config.as_ref().is_some_and(|c| c.auto_remove) {
+            let mut followers = entry.followers.subscribe();
+            let _ = tokio::time::timeout(FOLLOWER_GRACE, followers.wait_for(|n| *n == 0)).await;
             let id = entry.info.id.clone();
             match self
                 .blocking(move |inner| inner.remove(&entry, true, true))
@@ -408,6 +445,7 @@ impl Engine {
         &self,
         req: ContainerStartRequest,
     ) -> Result<ContainerStartResponse, EngineError> {
+        let key = req.container.clone();
         self.blocking(move |inner| {
             let entry = inner.resolve(&req.container)?;
             let id = &entry.info.id;
@@ -425,6 +463,9 @@ impl Engine {
             }
         })
         .await?;
+        if let Ok(entry) = self.inner.resolve(&key) {
+            self.start_health_monitor(entry).await;
+        }
         Ok(ContainerStartResponse {})
     }
 
@@ -517,7 +558,12 @@ impl Engine {
             since: req.since,
         };
         let (tx, rx) = mpsc::channel(256);
-        tokio::spawn(logs::stream(query, entry.exit.subscribe(), tx));
+        let exit = entry.exit.subscribe();
+        let follower = Follower::new(entry);
+        tokio::spawn(async move {
+            logs::stream(query, exit, tx).await;
+            drop(follower);
+        });
         Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
     }
 
@@ -679,6 +725,7 @@ impl Inner {
             helper: cfg.helper,
         })?;
         let inner = Inner {
+            puller: crate::image::pull::Puller::new(cfg.pull),
             images,
             runtime,
             dir,
@@ -686,6 +733,7 @@ impl Inner {
             containers: Mutex::new(BTreeMap::new()),
             removed: Mutex::new(VecDeque::new()),
             gate: Mutex::new(()),
+            health: health::Slots::default(),
         };
         inner.adopt()?;
         Ok(inner)
@@ -721,6 +769,7 @@ impl Inner {
                 }
             };
             known.insert(id.clone());
+            self.health.register(&id, self.adopted_check(&info));
             let (tx, _) = watch::channel(exit);
             map.insert(
                 id,
@@ -729,6 +778,7 @@ impl Inner {
                     exit: tx,
                     settled: watch::channel(false).0,
                     removing: AtomicBool::new(false),
+                    followers: watch::channel(0).0,
                 }),
             );
         }
@@ -791,6 +841,7 @@ impl Inner {
                 .map(|l| self.images.layer_dir(&l.chain_id))
                 .collect();
             let request = convert::container_config(&cfg, &image, layers.clone())?;
+            let check = health::check_of(&cfg, &image.config)?;
             let top_first: Vec<PathBuf> = layers.into_iter().rev().collect();
             let passwd = read_image_file(&top_first, "etc/passwd");
             let group = read_image_file(&top_first, "etc/group");
@@ -858,12 +909,14 @@ impl Inner {
             };
             record::write(&self.dir, &info)
                 .map_err(EngineError::io(format!("writing the record of {id}")))?;
+            self.health.register(&id, check);
             let (tx, _) = watch::channel(None);
             let entry = Arc::new(Entry {
                 info,
                 exit: tx,
                 settled: watch::channel(false).0,
                 removing: AtomicBool::new(false),
+                followers: watch::channel(0).0,
             });
             map.insert(id, Arc::clone(&entry));
             (entry, plan)
@@ -874,6 +927,7 @@ impl Inner {
                 let id = &entry.info.id;
                 let _ = record::remove(&self.dir, id);
                 lock(&self.containers).remove(id);
+                self.health.remove(id);
                 Err(e.into())
             }
         }
@@ -911,6 +965,7 @@ impl Inner {
         if entry.removing.load(Ordering::SeqCst) {
             info.state = S::Removing as i32;
         }
+        self.health.fill(&mut info);
         info
     }
 
@@ -951,6 +1006,7 @@ impl Inner {
             removed.push_back((id.clone(), entry.info.name.clone(), exit));
         }
         lock(&self.containers).remove(id);
+        self.health.remove(id);
         Ok(())
     }
 

@@ -1,6 +1,7 @@
 //! Berth node agent.
 
 pub mod engine;
+pub mod health;
 pub mod image;
 pub mod join;
 pub mod runtime;

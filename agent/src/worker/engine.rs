@@ -7,10 +7,13 @@
 //! mounts, ulimits, stop signal and grace period), with Docker's swarm labels added
 //! (`com.docker.swarm.task.id`, `.task.name`, `.service.id`, `.service.name`, `.node.id`).
 //!
+//! The healthcheck goes to the engine, which resolves it over the image's `HEALTHCHECK` and
+//! probes the running container; [`Controller::health`] hands the runner its health.
+//!
 //! Not carried out yet (the task is REJECTED with the reason rather than run without them):
-//! secrets and configs (no tmpfs delivery in the engine yet). Healthchecks, networks
-//! (overlay attachments) and published ports are ignored for now: containers get the
-//! engine's default network mode (their own namespace with loopback only).
+//! secrets and configs (no tmpfs delivery in the engine yet). Networks (overlay attachments)
+//! and published ports are ignored for now: containers get the engine's default network
+//! mode (their own namespace with loopback only).
 
 use berth_proto::naming::task_name;
 use berth_proto::v1::{
@@ -20,7 +23,8 @@ use berth_proto::v1::{
 };
 
 use super::executor::{
-    Adopted, BoxFuture, Controller, Dependencies, ExecError, Executor, ExitStatus, Observed,
+    Adopted, BoxFuture, Controller, Dependencies, ExecError, Executor, ExitStatus, HealthWatch,
+    Observed,
 };
 use crate::engine::{Engine, EngineError};
 
@@ -94,6 +98,8 @@ pub fn container_config(task: &Task) -> Result<ContainerConfig, ExecError> {
         stop_grace_period: spec.stop_grace_period,
         network_mode: 0,
         ulimits: spec.ulimits.clone(),
+        healthcheck: spec.healthcheck.clone(),
+        ..ContainerConfig::default()
     })
 }
 
@@ -301,6 +307,10 @@ impl Controller for EngineController {
                 Err(e) => Err(failed(&e)),
             }
         })
+    }
+
+    fn health(&self) -> Option<HealthWatch> {
+        self.engine.container_health(&self.name).ok().flatten()
     }
 }
 

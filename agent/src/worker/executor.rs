@@ -19,6 +19,10 @@ use std::future::Future;
 use std::pin::Pin;
 
 use berth_proto::v1::{Config, ContainerStatus, Secret, Task};
+use tokio::sync::watch;
+
+/// A task container's health as its probes report it (see [`crate::health`]).
+pub type HealthWatch = watch::Receiver<crate::health::Health>;
 
 /// A boxed, sendable future (the trait methods return these so executors can be `dyn`).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -115,8 +119,8 @@ pub trait Controller: Send + Sync {
     /// created. An image that is missing and cannot be pulled is [`ExecError::ImageNotFound`].
     fn prepare(&self) -> BoxFuture<'_, Result<(), ExecError>>;
 
-    /// Starts the prepared container; returns once it runs (and, with a healthcheck, is
-    /// healthy).
+    /// Starts the prepared container; returns once it runs (the runner then waits for
+    /// [`Controller::health`] to say healthy before it reports RUNNING).
     fn start(&self) -> BoxFuture<'_, Result<ContainerStatus, ExecError>>;
 
     /// Waits until the container exits.
@@ -128,4 +132,10 @@ pub trait Controller: Send + Sync {
 
     /// Deletes the container and everything it left (rootfs, cgroups, state).
     fn remove(&self) -> BoxFuture<'_, Result<(), ExecError>>;
+
+    /// The container's health, once it is prepared; `None` when it has no health check (or
+    /// does not exist). Executors without health checks keep this default.
+    fn health(&self) -> Option<HealthWatch> {
+        None
+    }
 }

@@ -39,8 +39,8 @@ use std::sync::Arc;
 
 use berth_proto::v1::assignment_change::Assignment;
 use berth_proto::v1::{
-    AssignmentAction, AssignmentsMessage, AssignmentsType, Config, ContainerStatus, Secret, Task,
-    TaskState, TaskStatus,
+    AssignmentAction, AssignmentsMessage, AssignmentsType, Config, ContainerStatus, HealthState,
+    Secret, Task, TaskState, TaskStatus,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
@@ -49,7 +49,8 @@ use tokio_util::sync::CancellationToken;
 pub use db::{TaskDb, TaskDbError};
 pub use engine::{EngineExecutor, container_config};
 pub use executor::{
-    Adopted, BoxFuture, Controller, Dependencies, ExecError, Executor, ExitStatus, Observed,
+    Adopted, BoxFuture, Controller, Dependencies, ExecError, Executor, ExitStatus, HealthWatch,
+    Observed,
 };
 pub use reporter::StatusReporter;
 pub use simulated::{SIMULATED_LABEL, SimulatedExecutor};
@@ -536,6 +537,11 @@ impl State {
             task: Arc::new(task.clone()),
             remove: false,
         });
+        let health_state = task
+            .status
+            .as_ref()
+            .and_then(|s| HealthState::try_from(s.health).ok())
+            .unwrap_or(HealthState::None);
         let runner = Runner {
             task_id: task.id.clone(),
             controller,
@@ -544,6 +550,9 @@ impl State {
             state,
             container,
             cancel: self.stop_runners.child_token(),
+            health: None,
+            health_looked_up: false,
+            health_state,
         };
         self.tasks
             .insert(task.id.clone(), Entry { task, desired: tx });
@@ -617,5 +626,7 @@ impl Controller for Inert {
     }
 }
 
+#[cfg(test)]
+mod health_tests;
 #[cfg(test)]
 mod tests;

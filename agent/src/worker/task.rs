@@ -10,15 +10,25 @@
 //! Failures before STARTING end in REJECTED, failures from STARTING on in FAILED (as
 //! `TaskState` documents). When the worker stops (daemon shutdown) the loop returns wherever
 //! it is without touching the container: containers outlive `berthd`.
+//!
+//! Health: a task whose container has a health check ([`Controller::health`]) stays STARTING
+//! (health STARTING) after its container started, and is reported RUNNING (health HEALTHY)
+//! at the first passing probe. Once UNHEALTHY — before or after that — its container is
+//! stopped and the task FAILED ("task: non-zero exit (N): unhealthy container", Docker's
+//! words); the managers' restart policy replaces it. Every status carries the health as the
+//! runner last saw it; health changes that do not move the state are not reported.
 
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use berth_proto::v1::{ContainerStatus, Task, TaskState, TaskStatus};
+use berth_proto::v1::{ContainerStatus, HealthState, Task, TaskState, TaskStatus};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::executor::{Controller, ExecError, ExitStatus};
+use super::executor::{Controller, ExecError, ExitStatus, HealthWatch};
+
+/// Why a task whose health check failed ended (Docker's words).
+pub(crate) const UNHEALTHY: &str = "unhealthy container";
 
 /// What the managers want of a task, as the runner sees it.
 #[derive(Debug, Clone)]
@@ -109,6 +119,39 @@ pub(crate) struct Runner {
     pub container: Option<ContainerStatus>,
     /// Cancelled when the worker stops.
     pub cancel: CancellationToken,
+    /// The container's health, once looked up (after prepare); `None` without a check.
+    pub health: Option<HealthWatch>,
+    /// [`Runner::health`] was looked up.
+    pub health_looked_up: bool,
+    /// The health reported with every status.
+    pub health_state: HealthState,
+}
+
+/// What ended a wait on a started container.
+enum Woke {
+    /// The worker stops.
+    Stop,
+    /// The desired state changed (`false`: the worker is gone).
+    Changed(bool),
+    /// The container exited (or waiting failed).
+    Exited(Result<ExitStatus, ExecError>),
+    /// The health check passed.
+    Healthy,
+    /// The health check failed `retries` times in a row.
+    Unhealthy,
+}
+
+/// Waits for the next health change of `health`; `None` once the watch ended (the
+/// container is gone; `health` is cleared so later calls wait forever).
+async fn next_health(health: &mut Option<HealthWatch>) -> Option<HealthState> {
+    let Some(rx) = health.as_mut() else {
+        return std::future::pending().await;
+    };
+    if rx.changed().await.is_ok() {
+        return Some(rx.borrow_and_update().status);
+    }
+    *health = None;
+    None
 }
 
 /// Why a step ended early.
@@ -161,6 +204,7 @@ impl Runner {
                 TaskState::Preparing => self.prepare().await,
                 TaskState::Ready => {
                     if desired >= TaskState::Running {
+                        self.look_up_health();
                         self.advance(TaskState::Starting, "starting", None).await
                     } else {
                         matches!(self.changed().await, Interrupt::Changed)
@@ -187,10 +231,25 @@ impl Runner {
         }
     }
 
+    /// Looks up the container's health check (once, after prepare).
+    fn look_up_health(&mut self) {
+        if self.health_looked_up {
+            return;
+        }
+        self.health_looked_up = true;
+        self.health = self.controller.health();
+        if let Some(h) = &self.health
+            && self.health_state == HealthState::None
+        {
+            self.health_state = h.borrow().status;
+        }
+    }
+
     /// Records and reports `state`; false when the worker is gone.
     async fn advance(&mut self, state: TaskState, message: &str, err: Option<String>) -> bool {
         self.state = state;
-        let status = status_now(state, message, err, self.container.clone());
+        let mut status = status_now(state, message, err, self.container.clone());
+        status.health = self.health_state as i32;
         self.events
             .send(Event::Status {
                 task_id: self.task_id.clone(),
@@ -220,28 +279,108 @@ impl Runner {
         }
     }
 
+    /// Starts the container (unless this runner already did) and, with a health check,
+    /// waits for its first verdict before reporting RUNNING.
     async fn start(&mut self) -> bool {
-        let r = tokio::select! {
-            _ = self.cancel.cancelled() => return false,
-            r = self.controller.start() => r,
+        if self.container.is_none() {
+            let r = tokio::select! {
+                _ = self.cancel.cancelled() => return false,
+                r = self.controller.start() => r,
+            };
+            match r {
+                Ok(cs) => self.container = Some(cs),
+                Err(e) => return self.fail(TaskState::Failed, "starting", &e).await,
+            }
+        }
+        self.look_up_health();
+        let now = self.health.as_mut().map(|h| h.borrow_and_update().status);
+        let verdict = match now {
+            None | Some(HealthState::Healthy) => Woke::Healthy,
+            Some(HealthState::Unhealthy) => Woke::Unhealthy,
+            Some(_) => self.watch(true).await,
         };
-        match r {
-            Ok(cs) => {
-                self.container = Some(cs);
+        match verdict {
+            Woke::Healthy => {
+                if self.health.is_some() {
+                    self.health_state = HealthState::Healthy;
+                }
                 self.advance(TaskState::Running, "started", None).await
             }
-            Err(e) => self.fail(TaskState::Failed, "starting", &e).await,
+            woke => self.woke(woke).await,
+        }
+    }
+
+    /// Waits until the container exits, the desired state changes, the worker stops, or (with
+    /// a health check) it turns unhealthy — or, with `until_healthy`, healthy.
+    async fn watch(&mut self, until_healthy: bool) -> Woke {
+        let wait = self.controller.wait();
+        tokio::pin!(wait);
+        loop {
+            tokio::select! {
+                _ = self.cancel.cancelled() => return Woke::Stop,
+                r = self.desired.changed() => return Woke::Changed(r.is_ok()),
+                r = &mut wait => return Woke::Exited(r),
+                h = next_health(&mut self.health) => match h {
+                    Some(HealthState::Unhealthy) => return Woke::Unhealthy,
+                    Some(HealthState::Healthy) if until_healthy => return Woke::Healthy,
+                    // The check goes on (or the container is gone: its wait ends soon).
+                    _ => {}
+                },
+            }
+        }
+    }
+
+    /// Acts on what ended a wait; false when the runner should end.
+    async fn woke(&mut self, woke: Woke) -> bool {
+        match woke {
+            Woke::Stop => false,
+            Woke::Changed(alive) => alive,
+            // Healthy again while running: nothing to report.
+            Woke::Healthy => true,
+            Woke::Unhealthy => self.unhealthy().await,
+            Woke::Exited(r) => self.exited(r).await,
         }
     }
 
     async fn wait(&mut self) -> bool {
+        self.look_up_health();
+        let unhealthy = self
+            .health
+            .as_mut()
+            .is_some_and(|h| h.borrow_and_update().status == HealthState::Unhealthy);
+        let woke = if unhealthy {
+            Woke::Unhealthy
+        } else {
+            self.watch(false).await
+        };
+        self.woke(woke).await
+    }
+
+    /// Stops a container whose health check failed and reports the task FAILED.
+    async fn unhealthy(&mut self) -> bool {
+        self.health_state = HealthState::Unhealthy;
+        tracing::info!(task_id = %self.task_id, "the task's container is unhealthy; stopping it");
         let r = tokio::select! {
             _ = self.cancel.cancelled() => return false,
-            r = self.controller.wait() => r,
-            r = self.desired.changed() => {
-                return r.is_ok();
-            }
+            r = self.controller.shutdown() => r,
         };
+        let err = match r {
+            Ok(Some(exit)) => {
+                self.container = Some(with_exit(self.container.take(), exit));
+                if exit.code == 0 {
+                    UNHEALTHY.to_owned()
+                } else {
+                    format!("task: non-zero exit ({}): {UNHEALTHY}", exit.code)
+                }
+            }
+            Ok(None) => UNHEALTHY.to_owned(),
+            Err(e) => format!("{UNHEALTHY} (stopping it failed: {e})"),
+        };
+        self.advance(TaskState::Failed, "started", Some(err)).await
+    }
+
+    /// Reports how the container ended.
+    async fn exited(&mut self, r: Result<ExitStatus, ExecError>) -> bool {
         match r {
             Ok(exit) => {
                 self.container = Some(with_exit(self.container.take(), exit));

@@ -321,6 +321,16 @@ fn images_load_from_both_formats_list_inspect_and_remove() {
         serde_json::from_str(&node.ok(&["image", "inspect", "berth-test/busybox:docker"])).unwrap();
     assert_eq!(json[0]["Config"]["Cmd"], serde_json::json!(["sh"]));
     assert_eq!(json[0]["RootFS"]["Layers"].as_array().unwrap().len(), 3);
+    let garbage = node.tmp.path().join("garbage.tar");
+    fs::write(&garbage, b"not an image").unwrap();
+    let r = node.berth(&["image", "load", "-i", garbage.to_str().unwrap()]);
+    assert_eq!(
+        (r.code, r.stderr.as_str()),
+        (
+            1,
+            "Error: the archive is neither a docker save archive nor an OCI image layout tar\n"
+        )
+    );
     let missing = node.berth(&["image", "inspect", "nope:1"]);
     assert_eq!(missing.code, 1);
     assert_eq!(missing.stderr, "Error: No such image: nope:1\n");
@@ -461,6 +471,11 @@ fn detached_containers_ps_logs_exec_kill_and_inspect() {
     );
     let r = node.berth(&["logs", "--tail", "1", &id[..6]]);
     assert_eq!(format!("{}{}", r.stdout, r.stderr), "three\n");
+    assert_eq!(node.ok(&["logs", "--since", "1h", "web"]), "one\ntwo\n");
+    assert_eq!(
+        node.ok(&["logs", "--since", "2999-01-01T00:00:00Z", "web"]),
+        ""
+    );
     let stamped = node.ok(&["logs", "-t", "web"]);
     for line in stamped.lines() {
         let (ts, text) = line.split_once(' ').unwrap();

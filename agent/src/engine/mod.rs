@@ -358,7 +358,14 @@ impl Engine {
                     .into_iter()
                     .flat_map(|i| i.repo_tags.into_iter().map(move |t| (t, i.id.clone())))
                     .collect();
-                let mut images = inner.images.import(&path)?;
+                let mut images = inner.images.import(&path).map_err(|e| match e {
+                    ImageError::UnknownFormat { .. } => EngineError::InvalidArgument(
+                        "the archive is neither a docker save archive nor an OCI image \
+                         layout tar"
+                            .into(),
+                    ),
+                    other => other.into(),
+                })?;
                 // report the names this archive gave, not older names of the same image
                 for image in &mut images {
                     let new: Vec<String> = image

@@ -123,6 +123,9 @@ pub struct LogsArgs {
     /// Show timestamps
     #[arg(short, long)]
     pub timestamps: bool,
+    /// Show logs since a timestamp (2013-01-02T13:23:37Z) or relative (e.g. 42m for 42 minutes)
+    #[arg(long)]
+    pub since: Option<String>,
     /// The container
     pub container: String,
 }
@@ -564,6 +567,29 @@ fn print_log(m: &ContainerLogsMessage, timestamps: bool) {
     write_output(m.stream, prefix, &m.data);
 }
 
+/// `--since`: an RFC 3339 time, Unix seconds, or a duration before now (`10m`, `1h30m`).
+fn parse_since(text: &str) -> anyhow::Result<prost_types::Timestamp> {
+    if let Some(t) = berth_agent::engine::parse_rfc3339(text) {
+        return Ok(t);
+    }
+    if let Ok(secs) = text.parse::<i64>() {
+        return Ok(prost_types::Timestamp {
+            seconds: secs,
+            nanos: 0,
+        });
+    }
+    let ago = crate::duration::parse(text)
+        .map_err(|_| anyhow::anyhow!("invalid value for --since: {text:?}"))?;
+    let at = std::time::SystemTime::now()
+        .checked_sub(ago)
+        .unwrap_or(std::time::UNIX_EPOCH);
+    let d = at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    Ok(prost_types::Timestamp {
+        seconds: i64::try_from(d.as_secs()).unwrap_or(0),
+        nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
+    })
+}
+
 /// `berth logs`.
 pub async fn logs(daemon: &mut Daemon, args: LogsArgs) -> anyhow::Result<()> {
     let tail = match args.tail.as_str() {
@@ -574,13 +600,14 @@ pub async fn logs(daemon: &mut Daemon, args: LogsArgs) -> anyhow::Result<()> {
         )
         .filter(|n| *n >= 0),
     };
+    let since = args.since.as_deref().map(parse_since).transpose()?;
     let mut stream = daemon
         .node
         .container_logs(ContainerLogsRequest {
             container: args.container,
             follow: args.follow,
             tail,
-            since: None,
+            since,
         })
         .await
         .map_err(status_error)?
@@ -951,6 +978,22 @@ mod tests {
         let cfg = config(&run).unwrap();
         assert!(cfg.auto_remove);
         assert_eq!(cfg.env, vec!["A=1"]);
+    }
+
+    #[test]
+    fn since_takes_times_seconds_and_durations() {
+        assert_eq!(
+            parse_since("2024-01-01T00:00:00Z").unwrap().seconds,
+            1_704_067_200
+        );
+        assert_eq!(parse_since("1704067200").unwrap().seconds, 1_704_067_200);
+        let ten_min_ago = parse_since("10m").unwrap().seconds;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        assert!((now - 600 - ten_min_ago).abs() <= 2);
+        assert!(parse_since("yesterday").is_err());
     }
 
     #[test]

@@ -24,8 +24,8 @@ use berth_proto::v1::{
 use super::filters::{id_matches, labels_match, name_matches};
 use super::status::ControlError;
 use crate::raft::now;
-use crate::raft_net::Replica;
-use crate::store::{By, ObjectKind, StoreActions, StoreObject};
+use crate::raft_net::{ProposeError, Replica};
+use crate::store::{By, ObjectKind, StoreActions, StoreError, StoreObject};
 
 /// Smallest memory limit a container can start with (Swarm's).
 const MIN_MEMORY_LIMIT: i64 = 4 * 1024 * 1024;
@@ -95,10 +95,13 @@ fn service_name(s: &Service) -> &str {
 
 /// Creates a service; its name must be free.
 pub async fn create(replica: &Replica, req: CreateServiceRequest) -> Result<Service, ControlError> {
-    let spec = req
+    let mut spec = req
         .spec
         .ok_or_else(|| ControlError::InvalidArgument("service spec is required".into()))?;
     validate(&spec)?;
+    replica
+        .store()
+        .view(|t| super::networks::resolve_service(t, &mut spec, ""))?;
     let id = ids::try_new_id().map_err(|e| ControlError::Internal(e.to_string()))?;
     let service = Service {
         id: id.clone(),
@@ -189,12 +192,25 @@ pub fn statuses(replica: &Replica, ids: &[String]) -> Vec<ServiceStatus> {
     })
 }
 
+/// The answer to an update based on a version that is no longer the stored one.
+pub const OUT_OF_SEQUENCE: &str =
+    "update out of sequence: the service was changed meanwhile; re-run the command";
+
 /// Replaces a service's spec, or swaps it with the previous one (rollback).
+///
+/// The request carries the `meta.version` the caller read; if the service changed since, the
+/// update is refused with [`OUT_OF_SEQUENCE`] (also when the change lands between this check
+/// and the commit: the store refuses the stale version). A new spec resets `update_status`, so
+/// the updater starts a rolling update of the tasks it makes dirty (and only then); a rollback
+/// swaps `spec` and `previous_spec` (and their versions) and sets ROLLBACK_STARTED.
 pub async fn update(replica: &Replica, req: UpdateServiceRequest) -> Result<Service, ControlError> {
     let stored = replica
         .store()
         .get::<Service>(&req.service_id)
         .ok_or_else(|| ControlError::not_found("service", &req.service_id))?;
+    if stored.meta.as_ref().map_or(0, |m| m.version) != req.service_version {
+        return Err(ControlError::FailedPrecondition(OUT_OF_SEQUENCE.into()));
+    }
     let mut service = (*stored).clone();
     service.meta_mut().version = req.service_version;
     if req.rollback {
@@ -217,10 +233,13 @@ pub async fn update(replica: &Replica, req: UpdateServiceRequest) -> Result<Serv
             message: "manually requested rollback".into(),
         });
     } else {
-        let spec = req
+        let mut spec = req
             .spec
             .ok_or_else(|| ControlError::InvalidArgument("service spec is required".into()))?;
         validate(&spec)?;
+        replica
+            .store()
+            .view(|t| super::networks::resolve_service(t, &mut spec, &req.service_id))?;
         let old = stored.spec.clone().unwrap_or_default();
         if old.annotations.as_ref().map(|a| &a.name) != spec.annotations.as_ref().map(|a| &a.name) {
             return Err(ControlError::Unimplemented(
@@ -246,7 +265,16 @@ pub async fn update(replica: &Replica, req: UpdateServiceRequest) -> Result<Serv
     }
     let mut batch = StoreActions::new();
     batch.update(service);
-    replica.propose_and_wait(&batch).await?;
+    match replica.propose_and_wait(&batch).await {
+        Err(ProposeError::Refused(e))
+            if e.errors
+                .iter()
+                .any(|a| matches!(a.error, StoreError::OutOfSequence { .. })) =>
+        {
+            return Err(ControlError::FailedPrecondition(OUT_OF_SEQUENCE.into()));
+        }
+        other => other?,
+    };
     get(replica, &req.service_id)
 }
 

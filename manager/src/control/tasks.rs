@@ -1,6 +1,7 @@
 //! Task calls: get and list (read-only; tasks are written by the orchestrator, scheduler and
 //! dispatcher). Task names filter on the display form (`<service>.<slot>` or
-//! `<service>.<node id>`), the names `berth service ps` prints.
+//! `<service>.<node id>`), the names `berth service ps` prints. "Up to date" means made from
+//! the service's current spec (the updater's notion of a clean task), whatever its version.
 
 use std::cmp::Reverse;
 
@@ -10,6 +11,7 @@ use berth_proto::v1::{Service, Task};
 
 use super::filters::{id_matches, labels_match, name_matches};
 use super::status::ControlError;
+use crate::orchestrator::update::is_task_dirty;
 use crate::raft_net::Replica;
 use crate::store::StoreObject;
 
@@ -35,7 +37,7 @@ pub fn list(replica: &Replica, f: &Filters) -> Vec<Task> {
                     .unwrap_or_default();
                 let up_to_date = !f.up_to_date
                     || t.get::<Service>(&task.service_id)
-                        .is_some_and(|s| s.spec_version == task.spec_version);
+                        .is_some_and(|s| !is_task_dirty(&s, task));
                 id_matches(&task.id, &f.id_prefixes)
                     && name_matches(&task_display_name(task), &f.names, &f.name_prefixes)
                     && labels_match(&labels, &f.labels)

@@ -21,6 +21,7 @@ use super::driver::{Reconciler, drive};
 use super::replicated::ServiceQueue;
 use super::slot::{DecideConfig, Plan, SlotMode, decide_slot, to_unit};
 use super::task::{SlotKey, by_age, is_global};
+use super::update::orchestrator_view;
 use super::writer::{Unit, Writer};
 use super::{OrchestratorConfig, OrchestratorError};
 use crate::scheduler::constraint::Constraint;
@@ -82,10 +83,12 @@ pub fn reconcile_global(
             }
         };
         let tasks = by_node.get(&node_id).map_or(&[][..], Vec::as_slice);
+        // A start-first update's old task is the updater's.
+        let view = orchestrator_view(service, tasks);
         decide_slot(
             tables,
             &SlotKey::Node(node_id.clone()),
-            tasks,
+            view.as_deref().unwrap_or(tasks),
             mode,
             now,
             cfg,

@@ -1,5 +1,6 @@
-//! [`LeaderComponents`]: runs the leader-only loops — replicated and global orchestrators, task
-//! reaper, scheduler — while this manager is the Raft leader, and stops them when it is not.
+//! [`LeaderComponents`]: runs the leader-only loops — replicated and global orchestrators,
+//! updater, task reaper, scheduler — while this manager is the Raft leader, and stops them
+//! when it is not.
 //!
 //! Invariants:
 //! - The loops run only between a "became leader" and the next "lost leadership" signal, under
@@ -17,7 +18,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::writer::Writer;
-use super::{GlobalOrchestrator, OrchestratorConfig, ReplicatedOrchestrator, TaskReaper};
+use super::{GlobalOrchestrator, OrchestratorConfig, ReplicatedOrchestrator, TaskReaper, Updater};
 use crate::raft::Leadership;
 use crate::scheduler::{Scheduler, SchedulerConfig};
 use crate::store::Store;
@@ -98,7 +99,7 @@ impl LeaderComponents {
                     }
                 }
             }
-            tracing::info!("leader: starting orchestrators, task reaper and scheduler");
+            tracing::info!("leader: starting orchestrators, updater, task reaper and scheduler");
             let term = cancel.child_token();
             let mut set = self.spawn_all(&term);
             let stop = loop {
@@ -156,6 +157,9 @@ impl LeaderComponents {
                 g.run(t).await.map_err(|e| e.to_string()),
             )
         });
+        let u = Updater::new(store.clone(), writer.clone(), ocfg.clone());
+        let t = term.clone();
+        set.spawn(async move { ("updater", u.run(t).await.map_err(|e| e.to_string())) });
         let reaper = TaskReaper::new(store.clone(), writer.clone(), ocfg.clone());
         let t = term.clone();
         set.spawn(async move {

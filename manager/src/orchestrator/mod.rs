@@ -12,7 +12,8 @@
 //! Architecture invariants:
 //! - A task is never restarted or moved: a new attempt is a new task in the same slot.
 //! - At most one task per slot is runnable (desired ≤ RUNNING); see [`slot`] for how a slot
-//!   never runs twice.
+//!   never runs twice. The one exception is a start-first update, where the replacement runs
+//!   beside the task it replaces until it is up (see [`update`]).
 //! - The orchestrators write `desired_state` and create tasks; they write a task's observed
 //!   state only to end a task that never reached a node. Only the scheduler writes
 //!   `node_id`, except for global tasks, which are created on their node.
@@ -35,6 +36,7 @@ mod replicated;
 pub mod restart;
 pub mod slot;
 pub mod task;
+pub mod update;
 mod writer;
 
 use std::sync::Arc;
@@ -46,6 +48,7 @@ pub use leader::{IsLeader, LeaderComponents, LeaderConfig, LeaderError};
 pub use reaper::{DEFAULT_TASK_HISTORY_LIMIT, ReapDecision, TaskReaper, reap};
 pub use replicated::{ReplicatedOrchestrator, reconcile_replicated};
 pub use slot::{DecideConfig, Decision, Plan};
+pub use update::{Updater, UpdaterSettings};
 pub use writer::{LocalWriter, Unit, WriteFailure, Writer};
 
 pub(crate) use driver::{Pace, Reconciler, drive};
@@ -80,6 +83,8 @@ pub struct OrchestratorConfig {
     pub retry_backoff: Duration,
     /// Task reaper period (Swarm: 250 ms).
     pub reaper_interval: Duration,
+    /// Rolling updates (progress deadline).
+    pub updater: UpdaterSettings,
 }
 
 impl Default for OrchestratorConfig {
@@ -91,6 +96,7 @@ impl Default for OrchestratorConfig {
             max_batch: 500,
             retry_backoff: Duration::from_secs(1),
             reaper_interval: Duration::from_millis(250),
+            updater: UpdaterSettings::default(),
         }
     }
 }

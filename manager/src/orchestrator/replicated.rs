@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use super::driver::{Reconciler, drive};
 use super::slot::{DecideConfig, Decision, Plan, SlotMode, decide_slot, to_unit};
 use super::task::{SlotKey, by_age, desired, is_assigned, is_global, observed, replicas};
+use super::update::orchestrator_view;
 use super::writer::{Unit, Writer};
 use super::{OrchestratorConfig, OrchestratorError};
 use crate::store::{By, ChangeSet, Event, Object, Store, StoreAction, Tables};
@@ -57,10 +58,12 @@ pub fn reconcile_replicated(
     }
     for slot in 1..=replicas {
         let tasks = slots.get(&slot).map_or(&[][..], Vec::as_slice);
+        // A start-first update's old task is the updater's.
+        let view = orchestrator_view(service, tasks);
         decide_slot(
             tables,
             &SlotKey::Replica(slot),
-            tasks,
+            view.as_deref().unwrap_or(tasks),
             SlotMode::Replicated,
             now,
             cfg,

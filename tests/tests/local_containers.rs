@@ -757,6 +757,33 @@ fn foreground_run_forwards_sigterm_to_the_container() {
 }
 
 #[test]
+fn logs_follow_streams_until_the_container_exits() {
+    let node = Node::start();
+    let img = node.load_busybox(DEFAULT_REF);
+    node.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "slow",
+        &img,
+        "sh",
+        "-c",
+        "echo first; sleep 0.5; echo second; sleep 0.5; echo third",
+    ]);
+    let started = Instant::now();
+    let out = node.ok(&["logs", "-f", "slow"]);
+    assert_eq!(out, "first\nsecond\nthird\n");
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "-f returned before the container ended: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(node.inspect("slow", "{{.State.Status}}"), "exited");
+    assert_eq!(node.ok(&["logs", "-f", "--tail", "1", "slow"]), "third\n");
+    node.finish();
+}
+
+#[test]
 fn run_detached_with_rm_removes_the_container_when_it_exits() {
     let node = Node::start();
     let img = node.load_busybox(DEFAULT_REF);

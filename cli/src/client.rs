@@ -38,6 +38,9 @@ pub enum ClientCommand {
     /// Manage swarm nodes
     #[command(subcommand)]
     Node(crate::commands::node::NodeCommand),
+    /// Manage networks
+    #[command(subcommand)]
+    Network(crate::commands::network::NetworkCommand),
     /// Manage swarm services
     #[command(subcommand)]
     Service(crate::commands::service::ServiceCommand),

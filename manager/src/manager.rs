@@ -329,7 +329,10 @@ impl Manager {
             attachments: Vec::new(),
         };
         let mut batch = StoreActions::new();
-        batch.create(cluster).create(node);
+        batch
+            .create(cluster)
+            .create(node)
+            .create(crate::allocator::ingress_network_object());
         manager.replica.propose(&batch).await?;
         tracing::info!(node_id = %cfg.node_id, cluster_id = %manager.cluster_id, raft_id, "cluster initialized");
         Ok((manager, creds))

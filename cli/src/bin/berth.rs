@@ -28,6 +28,7 @@ fn run(args: ClientArgs) -> anyhow::Result<ExitCode> {
             }
             ClientCommand::Swarm(command) => commands::swarm::run(&mut daemon, command).await,
             ClientCommand::Node(command) => commands::node::run(&mut daemon, command).await,
+            ClientCommand::Network(command) => commands::network::run(&mut daemon, command).await,
             ClientCommand::Service(command) => commands::service::run(&mut daemon, command).await,
             ClientCommand::Run(args) => commands::container::run(&mut daemon, *args).await,
             ClientCommand::Ps(args) => commands::container::ps(&mut daemon, args).await,

@@ -4,6 +4,7 @@ pub mod container;
 mod format;
 pub mod image;
 pub mod info;
+pub mod network;
 pub mod node;
 pub mod service;
 pub mod swarm;

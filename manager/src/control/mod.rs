@@ -8,13 +8,16 @@
 //!   a follower, then waited for locally so the answer shows the write).
 //! - Updates carry the version the caller read; the store refuses a stale one ("update out of
 //!   sequence"). Errors become statuses in [`status`] only.
-//! - Networks, secrets and configs answer UNIMPLEMENTED for now (the generated default stubs).
+//! - Networks ([`networks`]) are written unallocated; the allocator gives them their subnet
+//!   and VXLAN id. Removal is refused while a service or a live task uses one.
+//! - Secrets and configs answer UNIMPLEMENTED for now (the generated default stubs).
 //!
 //! Submodules: [`nodes`] (incl. the demotion quorum check), [`services`], [`tasks`],
 //! [`cluster`] (cluster object, join tokens, Raft status), [`filters`], [`status`].
 
 pub mod cluster;
 pub mod filters;
+pub mod networks;
 pub mod nodes;
 pub mod services;
 pub mod status;
@@ -156,6 +159,45 @@ impl Control for ControlService {
         self.authorize(&request)?;
         services::remove(&self.replica, &request.into_inner().service_id).await?;
         Ok(Response::new(RemoveServiceResponse {}))
+    }
+
+    async fn create_network(
+        &self,
+        request: Request<CreateNetworkRequest>,
+    ) -> Answer<CreateNetworkResponse> {
+        self.authorize(&request)?;
+        let network = networks::create(&self.replica, request.into_inner()).await?;
+        Ok(Response::new(CreateNetworkResponse {
+            network: Some(network),
+        }))
+    }
+
+    async fn get_network(&self, request: Request<GetNetworkRequest>) -> Answer<GetNetworkResponse> {
+        self.authorize(&request)?;
+        let network = networks::get(&self.replica, &request.into_inner().network_id)?;
+        Ok(Response::new(GetNetworkResponse {
+            network: Some(network),
+        }))
+    }
+
+    async fn list_networks(
+        &self,
+        request: Request<ListNetworksRequest>,
+    ) -> Answer<ListNetworksResponse> {
+        self.authorize(&request)?;
+        let filters = request.into_inner().filters.unwrap_or_default();
+        Ok(Response::new(ListNetworksResponse {
+            networks: networks::list(&self.replica, &filters),
+        }))
+    }
+
+    async fn remove_network(
+        &self,
+        request: Request<RemoveNetworkRequest>,
+    ) -> Answer<RemoveNetworkResponse> {
+        self.authorize(&request)?;
+        networks::remove(&self.replica, &request.into_inner().network_id).await?;
+        Ok(Response::new(RemoveNetworkResponse {}))
     }
 
     async fn get_cluster(&self, request: Request<GetClusterRequest>) -> Answer<GetClusterResponse> {

@@ -15,8 +15,9 @@ use std::sync::Arc;
 use berth_proto::identity::{IsRemoved, Role, require_role};
 use berth_proto::v1::dispatcher_server::{Dispatcher as DispatcherRpc, DispatcherServer};
 use berth_proto::v1::{
-    AssignmentsMessage, AssignmentsRequest, HeartbeatRequest, HeartbeatResponse, SessionMessage,
-    SessionRequest, UpdateTaskStatusRequest, UpdateTaskStatusResponse,
+    AssignmentsMessage, AssignmentsRequest, HeartbeatRequest, HeartbeatResponse, NetworksMessage,
+    NetworksRequest, SessionMessage, SessionRequest, UpdateTaskStatusRequest,
+    UpdateTaskStatusResponse,
 };
 use tokio::sync::mpsc;
 use tonic::codegen::BoxStream;
@@ -155,6 +156,23 @@ impl DispatcherRpc for DispatcherService {
             shared.clone(),
             node.node_id,
             session,
+            tx,
+        ));
+        Ok(Response::new(stream_of(rx)))
+    }
+
+    async fn networks(
+        &self,
+        req: Request<NetworksRequest>,
+    ) -> Result<Response<BoxStream<NetworksMessage>>, Status> {
+        let node = require_role(&req, ROLES, &*self.removed)?;
+        let shared = self.current()?;
+        let session = shared.session(&node.node_id, &req.get_ref().session_id)?;
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        shared.streams.spawn(crate::allocator::view::stream(
+            shared.store.clone(),
+            node.node_id,
+            session.token.clone(),
             tx,
         ));
         Ok(Response::new(stream_of(rx)))

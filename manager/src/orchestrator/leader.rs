@@ -171,6 +171,13 @@ impl LeaderComponents {
         let s = Scheduler::new(store.clone(), writer.clone(), self.cfg.scheduler.clone());
         let t = term.clone();
         set.spawn(async move { ("scheduler", s.run(t).await.map_err(|e| e.to_string())) });
+        let a = crate::allocator::Allocator::new(
+            store.clone(),
+            writer.clone(),
+            crate::allocator::AllocatorConfig::with_clock(ocfg.clock.clone()),
+        );
+        let t = term.clone();
+        set.spawn(async move { ("allocator", a.run(t).await.map_err(|e| e.to_string())) });
         set
     }
 }

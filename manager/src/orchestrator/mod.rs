@@ -20,8 +20,10 @@
 //! - Every decision is derived from the store (restart history included), so a new leader
 //!   decides the same.
 //!
-//! Without an allocator, new tasks start in state PENDING (Swarm: NEW, then the allocator
-//! moves them to PENDING); the service's published ports are copied into the task's endpoint.
+//! New tasks on networks or with published ports start in state NEW; the allocator
+//! ([`crate::allocator`], run here beside the other loops) gives them their addresses and the
+//! service's endpoint and moves them to PENDING. Other tasks start in PENDING, for the
+//! scheduler.
 
 mod clock;
 mod driver;

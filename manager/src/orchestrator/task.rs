@@ -17,6 +17,9 @@ use super::clock::{from_timestamp, to_timestamp};
 /// Status message of a task waiting for the scheduler (Swarm's wording).
 pub const MSG_PENDING: &str = "pending task scheduling";
 
+/// Status message of a new task, before the allocator gave it its addresses (Swarm's wording).
+pub const MSG_NEW: &str = "created";
+
 /// Status message of a task retired before it ever reached a node.
 pub const MSG_SHUTDOWN_UNASSIGNED: &str = "shut down before it was assigned to a node";
 
@@ -115,8 +118,9 @@ pub fn is_global(service: &Service) -> bool {
     replicas(service).is_none()
 }
 
-/// A new task of `service` for `slot`, in state PENDING (Berth has no allocator yet, so the
-/// orchestrator hands tasks straight to the scheduler), wanting `desired` (RUNNING, or READY
+/// A new task of `service` for `slot`, in state NEW when it is attached to networks or
+/// publishes ports (the allocator gives it its addresses and moves it to PENDING for the
+/// scheduler), else straight in PENDING; wanting `desired` (RUNNING, or READY
 /// for a start that must wait). Global tasks carry their node from the start.
 pub fn new_task(service: &Service, slot: &SlotKey, desired: TaskState, now: SystemTime) -> Task {
     let spec = service.spec.clone().unwrap_or_default();
@@ -139,6 +143,14 @@ pub fn new_task(service: &Service, slot: &SlotKey, desired: TaskState, now: Syst
             virtual_ips: Vec::new(),
         })
     });
+    // A task with nothing to allocate (no network, no published port) skips the allocator.
+    let allocate = spec.task.as_ref().is_some_and(|t| !t.networks.is_empty())
+        || endpoint.as_ref().is_some_and(|e| !e.ports.is_empty());
+    let (state, message) = if allocate {
+        (TaskState::New, MSG_NEW)
+    } else {
+        (TaskState::Pending, MSG_PENDING)
+    };
     Task {
         id: new_id(),
         meta: None,
@@ -154,8 +166,8 @@ pub fn new_task(service: &Service, slot: &SlotKey, desired: TaskState, now: Syst
         service_annotations: spec.annotations,
         status: Some(TaskStatus {
             timestamp: Some(to_timestamp(now)),
-            state: TaskState::Pending as i32,
-            message: MSG_PENDING.into(),
+            state: state as i32,
+            message: message.into(),
             ..Default::default()
         }),
         desired_state: desired as i32,
@@ -239,7 +251,7 @@ mod tests {
     }
 
     #[test]
-    fn new_tasks_copy_the_service_and_wait_for_the_scheduler() {
+    fn new_tasks_copy_the_service_and_wait_for_the_allocator() {
         let now = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(10);
         let svc = service(None);
         let t = new_task(&svc, &SlotKey::Replica(3), TaskState::Running, now);
@@ -247,17 +259,25 @@ mod tests {
         assert_eq!((t.slot, t.node_id.as_str()), (3, ""));
         assert_eq!(t.spec_version, 7);
         assert_eq!(t.service_id, "s1");
-        assert_eq!(observed(&t), TaskState::Pending);
+        assert_eq!(observed(&t), TaskState::New);
         assert_eq!(desired(&t), TaskState::Running);
         assert_eq!(
             t.status.as_ref().map(|s| s.message.as_str()),
-            Some(MSG_PENDING)
+            Some(MSG_NEW)
         );
         assert_eq!(t.spec, svc.spec.as_ref().and_then(|s| s.task.clone()));
         assert_eq!(t.annotations.as_ref().map(|a| a.labels.len()), Some(1));
         assert_eq!(
             t.endpoint.as_ref().map(|e| e.ports[0].published_port),
             Some(8080)
+        );
+        let mut plain = svc.clone();
+        plain.spec.as_mut().expect("spec").endpoint = None;
+        let p = new_task(&plain, &SlotKey::Replica(1), TaskState::Running, now);
+        assert_eq!(observed(&p), TaskState::Pending, "nothing to allocate");
+        assert_eq!(
+            p.status.as_ref().map(|s| s.message.as_str()),
+            Some(MSG_PENDING)
         );
         let g = new_task(&svc, &SlotKey::Node("n1".into()), TaskState::Ready, now);
         assert_eq!((g.slot, g.node_id.as_str()), (0, "n1"));
@@ -283,7 +303,7 @@ mod tests {
         let r = retired(&t, TaskState::Remove, now);
         assert_eq!(
             (desired(&r), observed(&r)),
-            (TaskState::Remove, TaskState::Pending)
+            (TaskState::Remove, TaskState::New)
         );
         // An assigned task keeps its observed state: its agent reports the shutdown.
         let mut a = t.clone();

@@ -44,6 +44,9 @@ pub enum ClientCommand {
     /// Manage swarm services
     #[command(subcommand)]
     Service(crate::commands::service::ServiceCommand),
+    /// Manage Swarm stacks
+    #[command(subcommand)]
+    Stack(crate::commands::stack::StackCommand),
     /// Create and run a new container from an image
     Run(Box<crate::commands::container::RunArgs>),
     /// List containers

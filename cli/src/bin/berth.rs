@@ -16,6 +16,11 @@ fn run(args: ClientArgs) -> anyhow::Result<ExitCode> {
         print_version(version.format.as_deref())?;
         return Ok(ExitCode::SUCCESS);
     }
+    if let ClientCommand::Stack(commands::stack::StackCommand::Config(config)) = &args.command {
+        // Reads files only: no daemon needed.
+        commands::stack::config(config)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -30,6 +35,7 @@ fn run(args: ClientArgs) -> anyhow::Result<ExitCode> {
             ClientCommand::Node(command) => commands::node::run(&mut daemon, command).await,
             ClientCommand::Network(command) => commands::network::run(&mut daemon, command).await,
             ClientCommand::Service(command) => commands::service::run(&mut daemon, command).await,
+            ClientCommand::Stack(command) => commands::stack::run(&mut daemon, command).await,
             ClientCommand::Run(args) => commands::container::run(&mut daemon, *args).await,
             ClientCommand::Ps(args) => commands::container::ps(&mut daemon, args).await,
             ClientCommand::Logs(args) => commands::container::logs(&mut daemon, args).await,

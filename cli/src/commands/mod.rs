@@ -7,6 +7,7 @@ pub mod info;
 pub mod network;
 pub mod node;
 pub mod service;
+pub mod stack;
 pub mod swarm;
 
 use berth_proto::v1::control_client::ControlClient;

@@ -1,11 +1,11 @@
-//! `berth service create|ls|ps|inspect|scale|rm|logs`, and the task table `berth node ps`
-//! shares: Docker's flags, columns and messages over the Control API.
+//! `berth service create|ls|ps|inspect|scale|update|rollback|rm|logs`, and the task table
+//! `berth node ps` shares: Docker's flags, columns and messages over the Control API.
 //!
 //! Services are named on the command line like Docker does it: full id, exact name, then a
 //! unique id prefix ([`find`]); anything else is `no such service: NAME`. Submodules: [`spec`]
 //! (flags → spec, reused by `service update`), [`progress`] (convergence progress of create,
-//! scale and update), [`ps`] (task tables of `service ps` and `node ps`), one file per other
-//! command.
+//! scale, update and rollback), [`ps`] (task tables of `service ps` and `node ps`), one file
+//! per other command ([`update`] also holds what `rollback` shares with it).
 
 mod create;
 pub mod inspect;
@@ -14,8 +14,10 @@ mod ls;
 pub mod progress;
 pub mod ps;
 mod rm;
+mod rollback;
 mod scale;
 pub mod spec;
+pub mod update;
 
 use std::time::Duration;
 
@@ -43,8 +45,12 @@ pub enum ServiceCommand {
     /// Remove one or more services
     #[command(visible_alias = "remove")]
     Rm(rm::RmArgs),
+    /// Revert changes to a service's configuration
+    Rollback(rollback::RollbackArgs),
     /// Scale one or multiple replicated services
     Scale(scale::ScaleArgs),
+    /// Update a service
+    Update(Box<update::UpdateArgs>),
 }
 
 /// Runs one `berth service` command.
@@ -56,7 +62,9 @@ pub async fn run(daemon: &mut Daemon, command: ServiceCommand) -> anyhow::Result
         ServiceCommand::Ls(args) => ls::ls(daemon, args).await,
         ServiceCommand::Ps(args) => ps::service_ps(daemon, args).await,
         ServiceCommand::Rm(args) => rm::rm(daemon, args).await,
+        ServiceCommand::Rollback(args) => rollback::rollback(daemon, args).await,
         ServiceCommand::Scale(args) => scale::scale(daemon, args).await,
+        ServiceCommand::Update(args) => update::update(daemon, *args).await,
     }
 }
 

@@ -3,7 +3,8 @@
 # quietly: nothing is downloaded when everything is already there.
 set -euo pipefail
 
-packages=(busybox-static iproute2 nftables)
+# docker-registry + apache2-utils (htpasswd): registry pull tests; crun + runc: runtime bench
+packages=(busybox-static iproute2 nftables docker-registry apache2-utils crun runc)
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "Error: deploy/install-deps.sh must run as root (it installs apt packages)" >&2
@@ -22,6 +23,10 @@ if [ "${#missing[@]}" -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >/dev/null
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # The tests start their own registries; the packaged service is not needed.
+  if command -v systemctl >/dev/null && systemctl is-enabled docker-registry >/dev/null 2>&1; then
+    systemctl disable --now docker-registry >/dev/null 2>&1 || true
+  fi
 fi
 
 # Network namespaces are created by the tests under /run/netns.

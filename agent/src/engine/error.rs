@@ -5,6 +5,7 @@
 use std::io;
 
 use crate::image::ImageError;
+use crate::image::pull::PullError;
 use crate::runtime::RuntimeError;
 
 /// Errors of the local container and image engine.
@@ -39,6 +40,9 @@ pub enum EngineError {
     /// An image store operation failed.
     #[error(transparent)]
     Image(#[from] ImageError),
+    /// A registry pull failed.
+    #[error(transparent)]
+    Pull(#[from] PullError),
     /// A runtime operation failed.
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
@@ -94,6 +98,18 @@ impl From<EngineError> for tonic::Status {
                     Code::FailedPrecondition
                 }
                 ImageError::Io { .. } => Code::Internal,
+                _ => Code::InvalidArgument,
+            },
+            EngineError::Pull(e) => match e {
+                PullError::ManifestNotFound { .. } => Code::NotFound,
+                PullError::Unauthorized { .. } | PullError::Denied { .. } => {
+                    Code::PermissionDenied
+                }
+                PullError::Connect { .. }
+                | PullError::Tls { .. }
+                | PullError::Http { .. }
+                | PullError::Timeout { .. } => Code::Unavailable,
+                PullError::Io { .. } => Code::Internal,
                 _ => Code::InvalidArgument,
             },
             EngineError::Runtime(e) => match e {

@@ -33,6 +33,7 @@ mod error;
 mod fsops;
 mod import;
 mod oci;
+pub mod pull;
 mod reference;
 mod source;
 mod store;

@@ -7,6 +7,10 @@
 //! mounts, ulimits, stop signal and grace period), with Docker's swarm labels added
 //! (`com.docker.swarm.task.id`, `.task.name`, `.service.id`, `.service.name`, `.node.id`).
 //!
+//! An image missing on the node is pulled once from the registry its reference names (with
+//! the node's pull settings, [`crate::image::pull`]); an image that cannot be pulled here
+//! rejects the task with Docker's `No such image` reason, plus the pull's error if it failed.
+//!
 //! The healthcheck goes to the engine, which resolves it over the image's `HEALTHCHECK` and
 //! probes the running container; [`Controller::health`] hands the runner its health.
 //!
@@ -206,14 +210,27 @@ impl Controller for EngineController {
             if self.inspect().await?.is_some() {
                 return Ok(());
             }
-            match self
-                .engine
-                .container_create(ContainerCreateRequest {
+            let create = |config: ContainerConfig| {
+                self.engine.container_create(ContainerCreateRequest {
                     config: Some(config),
                     name: self.name.clone(),
                 })
-                .await
-            {
+            };
+            let mut created = create(config.clone()).await;
+            if matches!(created, Err(EngineError::NoSuchImage(_))) {
+                match self.engine.pull_image(&self.image).await {
+                    Ok(_) => created = create(config).await,
+                    Err(EngineError::Pull(e)) if e.is_not_pullable() => {}
+                    Err(e) => {
+                        return Err(ExecError::Failed(format!(
+                            "No such image: {}: pulling it failed: {}",
+                            self.image,
+                            failed(&e)
+                        )));
+                    }
+                }
+            }
+            match created {
                 Ok(_) => Ok(()),
                 Err(EngineError::NoSuchImage(_)) => Err(ExecError::ImageNotFound {
                     image: self.image.clone(),

@@ -1,10 +1,20 @@
-//! `berth image load|ls|inspect|rm`: the node's local image store, through its daemon.
+//! `berth image load|pull|ls|inspect|rm`: the node's local image store, through its daemon.
+//!
+//! `berth image pull` sends the registry credentials with the request, read here (the
+//! client's side, like Docker's `~/.docker/config.json`): `BERTH_REGISTRY_USER` and
+//! `BERTH_REGISTRY_PASSWORD`, else the Docker-format file `$BERTH_CONFIG/config.json`
+//! (default `~/.berth/config.json`: `{"auths": {"host:port": {"auth": "<base64 user:pass>"}}}`).
+//! Without either the daemon uses its own file (`/etc/berth/auth.json`), else pulls
+//! anonymously.
 
 use std::io::Read;
 use std::path::PathBuf;
 
+use berth_agent::image::Reference;
+use berth_agent::image::pull::{Credentials, credentials_from_file};
 use berth_proto::v1::{
-    ImageInfo, ImageInspectRequest, ImageListRequest, ImageLoadChunk, ImageRemoveRequest,
+    ImageInfo, ImageInspectRequest, ImageListRequest, ImageLoadChunk, ImagePullRequest,
+    ImageRemoveRequest, Platform, image_pull_message,
 };
 use clap::{Args, Subcommand};
 use serde_json::json;
@@ -22,6 +32,8 @@ const CHUNK: usize = 1 << 20;
 pub enum ImageCommand {
     /// Load an image from a tar archive or STDIN
     Load(LoadArgs),
+    /// Download an image from a registry
+    Pull(PullArgs),
     /// List images
     #[command(visible_alias = "list")]
     Ls(LsArgs),
@@ -41,6 +53,22 @@ pub struct LoadArgs {
     /// Suppress the load output
     #[arg(short, long)]
     pub quiet: bool,
+}
+
+/// `berth image pull`.
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// Reach the registry over plain HTTP instead of HTTPS
+    #[arg(long)]
+    pub insecure_registry: bool,
+    /// Platform to pick from a multi-platform image (`os/arch`, default: the node's)
+    #[arg(long)]
+    pub platform: Option<String>,
+    /// Suppress verbose output
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Image to pull: `[registry[:port]/]repository[:tag|@digest]`
+    pub name: String,
 }
 
 /// `berth image ls`.
@@ -85,6 +113,7 @@ pub struct RmArgs {
 pub async fn run(daemon: &mut Daemon, command: ImageCommand) -> anyhow::Result<()> {
     match command {
         ImageCommand::Load(args) => load(daemon, args).await,
+        ImageCommand::Pull(args) => pull(daemon, args).await,
         ImageCommand::Ls(args) => ls(daemon, args).await,
         ImageCommand::Inspect(args) => {
             let mut values = Vec::new();
@@ -191,6 +220,102 @@ async fn load(daemon: &mut Daemon, args: LoadArgs) -> anyhow::Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+/// Credentials for `registry` (`None` = Docker Hub) from the environment or the client's
+/// credentials file (see the module docs).
+fn registry_credentials(registry: Option<&str>) -> anyhow::Result<Option<Credentials>> {
+    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    if let Some(username) = var("BERTH_REGISTRY_USER") {
+        return Ok(Some(Credentials {
+            username,
+            password: var("BERTH_REGISTRY_PASSWORD").unwrap_or_default(),
+        }));
+    }
+    let dir = match (var("BERTH_CONFIG"), var("HOME")) {
+        (Some(d), _) => PathBuf::from(d),
+        (None, Some(home)) => PathBuf::from(home).join(".berth"),
+        (None, None) => return Ok(None),
+    };
+    Ok(credentials_from_file(&dir.join("config.json"), registry)?)
+}
+
+/// `berth image pull`: streams the daemon's progress as Docker prints it.
+async fn pull(daemon: &mut Daemon, args: PullArgs) -> anyhow::Result<()> {
+    let reference = Reference::parse(&args.name)?;
+    let platform = match args.platform.as_deref() {
+        None => None,
+        Some(p) => match p.split_once('/') {
+            Some((os, arch)) if !os.is_empty() && !arch.is_empty() => Some(Platform {
+                os: os.to_owned(),
+                architecture: arch.to_owned(),
+            }),
+            _ => anyhow::bail!("invalid platform {p:?}: expected os/arch, e.g. linux/amd64"),
+        },
+    };
+    let credentials = registry_credentials(reference.registry())?;
+    let shown = reference.to_string();
+    let before = daemon
+        .node
+        .image_inspect(ImageInspectRequest {
+            image: shown.clone(),
+        })
+        .await
+        .ok()
+        .and_then(|r| r.into_inner().image)
+        .map(|i| i.id);
+    let mut stream = daemon
+        .node
+        .image_pull(ImagePullRequest {
+            reference: args.name.clone(),
+            platform,
+            registry_auth: credentials.map(|c| c.to_pair()).unwrap_or_default(),
+            insecure_registry: args.insecure_registry,
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let tag_or_digest = match (reference.digest(), reference.tag()) {
+        (Some(d), _) => d.to_string(),
+        (None, t) => t.unwrap_or("latest").to_owned(),
+    };
+    if !args.quiet {
+        println!("{tag_or_digest}: Pulling from {}", reference.repository());
+    }
+    let mut downloaded = false;
+    let mut image = None;
+    while let Some(msg) = stream.message().await.map_err(status_error)? {
+        match msg.kind {
+            Some(image_pull_message::Kind::Progress(p)) => {
+                let short = short_id(p.digest.trim_start_matches("sha256:")).to_string();
+                match p.status.as_str() {
+                    "Pull complete" => {
+                        downloaded = true;
+                        if !args.quiet {
+                            println!("{short}: Pull complete");
+                        }
+                    }
+                    "Already exists" if !args.quiet => println!("{short}: Already exists"),
+                    _ => {}
+                }
+            }
+            Some(image_pull_message::Kind::Image(i)) => image = Some(i),
+            None => {}
+        }
+    }
+    let image = image.ok_or_else(|| anyhow::anyhow!("the daemon ended the pull without an image"))?;
+    if !args.quiet {
+        if let Some(d) = image.repo_digests.first().and_then(|d| d.rsplit_once('@')) {
+            println!("Digest: {}", d.1);
+        }
+        if !downloaded && before.as_deref() == Some(image.id.as_str()) {
+            println!("Status: Image is up to date for {shown}");
+        } else {
+            println!("Status: Downloaded newer image for {shown}");
+        }
+    }
+    println!("{}", reference.full());
     Ok(())
 }
 

@@ -115,6 +115,15 @@ impl LocalNode for LocalApi {
         Ok(Response::new(reply))
     }
 
+    async fn image_pull(
+        &self,
+        request: Request<pb::ImagePullRequest>,
+    ) -> Result<Response<MessageStream<pb::ImagePullMessage>>, Status> {
+        require_root(&request)?;
+        let reply = self.engine.image_pull(request.into_inner()).await?;
+        Ok(Response::new(reply))
+    }
+
     async fn image_list(
         &self,
         request: Request<pb::ImageListRequest>,

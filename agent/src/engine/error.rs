@@ -102,9 +102,7 @@ impl From<EngineError> for tonic::Status {
             },
             EngineError::Pull(e) => match e {
                 PullError::ManifestNotFound { .. } => Code::NotFound,
-                PullError::Unauthorized { .. } | PullError::Denied { .. } => {
-                    Code::PermissionDenied
-                }
+                PullError::Unauthorized { .. } | PullError::Denied { .. } => Code::PermissionDenied,
                 PullError::Connect { .. }
                 | PullError::Tls { .. }
                 | PullError::Http { .. }

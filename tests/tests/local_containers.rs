@@ -841,3 +841,35 @@ fn containers_survive_a_daemon_restart() {
     assert_eq!((r.code, r.stdout.as_str()), (0, "still here\n"));
     node.finish();
 }
+
+#[test]
+fn signals_ignored_by_the_daemon_reach_the_container_with_default_dispositions() {
+    // The supervisor ignores SIGINT/SIGHUP/SIGPIPE; a container must not inherit that.
+    let node = Node::start();
+    let img = node.load_busybox(DEFAULT_REF);
+    node.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "sig",
+        &img,
+        "sh",
+        "-c",
+        "trap 'echo got int; exit 5' INT; while true; do sleep 0.1; done",
+    ]);
+    wait::wait_until(Duration::from_secs(10), "the trap is installed", || {
+        Ok(node.inspect("sig", "{{.State.Status}}") == "running")
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    node.ok(&["kill", "-s", "INT", "sig"]);
+    wait::wait_until(
+        Duration::from_secs(10),
+        "SIGINT ends the container with 5",
+        || Ok(node.inspect("sig", "{{.State.ExitCode}}") == "5"),
+    )
+    .unwrap();
+    assert!(node.ok(&["logs", "sig"]).contains("got int"));
+    node.ok(&["rm", "-f", "sig"]);
+    node.finish();
+}

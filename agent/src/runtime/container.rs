@@ -551,6 +551,29 @@ pub fn c_strings(v: &[String]) -> Result<Vec<CString>, SetupError> {
         })
 }
 
+/// Gives the program a clean signal state, as runc does: every disposition back to its
+/// default and an empty mask. Ignored signals survive `execve`, and the supervisor and the
+/// daemon ignore some (SIGPIPE, SIGHUP, SIGINT from a shell), which would make `trap ... INT`
+/// or `kill -INT` do nothing inside the container.
+fn reset_signals() {
+    for signal in 1..=libc::SIGRTMAX() {
+        if signal == libc::SIGKILL || signal == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: SIG_DFL installs no handler, so no Rust code can run on a signal; this runs
+        // in the single-threaded container init just before execve. Invalid numbers (the
+        // glibc-reserved real-time signals) only make the call fail, which is ignored.
+        unsafe {
+            libc::signal(signal, libc::SIG_DFL);
+        }
+    }
+    let _ = nix::sys::signal::sigprocmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&nix::sys::signal::SigSet::empty()),
+        None,
+    );
+}
+
 /// Replaces the process image; returns only on failure.
 pub fn exec(exe: &Path, process: &ProcessPlan) -> SetupError {
     let path = match CString::new(exe.as_os_str().as_bytes()) {
@@ -566,6 +589,7 @@ pub fn exec(exe: &Path, process: &ProcessPlan) -> SetupError {
         (Ok(a), Ok(e)) => (a, e),
         (Err(e), _) | (_, Err(e)) => return e,
     };
+    reset_signals();
     let err = match nix::unistd::execve(&path, &args, &env) {
         Err(e) => nix_io(e),
         Ok(never) => match never {},

@@ -29,6 +29,8 @@ pub(super) struct Slot {
     health: watch::Sender<Health>,
     /// A monitor runs (or ran) for the current start of the container.
     monitored: AtomicBool,
+    /// The container is being stopped: probes that cannot enter it are not failures.
+    stopping: AtomicBool,
 }
 
 /// The health slots of the engine's containers, by container id.
@@ -58,6 +60,7 @@ impl Slots {
                 check,
                 health: watch::channel(Health::starting()).0,
                 monitored: AtomicBool::new(false),
+                stopping: AtomicBool::new(false),
             };
             lock(&self.by_id).insert(id.to_owned(), Arc::new(slot));
         }
@@ -66,6 +69,13 @@ impl Slots {
     /// Forgets container `id`.
     pub(super) fn remove(&self, id: &str) {
         lock(&self.by_id).remove(id);
+    }
+
+    /// Notes that container `id` is being stopped (stop, or forced removal).
+    pub(super) fn stopping(&self, id: &str) {
+        if let Some(slot) = self.get(id) {
+            slot.stopping.store(true, Ordering::SeqCst);
+        }
     }
 
     fn get(&self, id: &str) -> Option<Arc<Slot>> {
@@ -105,10 +115,11 @@ impl Inner {
 struct ExecProber {
     inner: Arc<Inner>,
     id: String,
+    slot: Arc<Slot>,
 }
 
 impl Prober for ExecProber {
-    fn probe(&self, args: Vec<String>, timeout: Duration) -> BoxFuture<'_, ProbeOutcome> {
+    fn probe(&self, args: Vec<String>, timeout: Duration) -> BoxFuture<'_, Option<ProbeOutcome>> {
         let inner = Arc::clone(&self.inner);
         let id = self.id.clone();
         Box::pin(async move {
@@ -119,7 +130,7 @@ impl Prober for ExecProber {
             let ran =
                 tokio::task::spawn_blocking(move || inner.runtime.exec_output(&id, &cfg, timeout))
                     .await;
-            match ran {
+            Some(match ran {
                 Ok(Ok(out)) if out.timed_out => ProbeOutcome::timed_out(timeout),
                 Ok(Ok(out)) => {
                     let mut output = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -129,6 +140,9 @@ impl Prober for ExecProber {
                         output,
                     }
                 }
+                // Entering a container that is going away fails; that says nothing of its
+                // health.
+                Ok(Err(_)) if self.slot.stopping.load(Ordering::SeqCst) => return None,
                 Ok(Err(e)) => ProbeOutcome {
                     exit_code: -1,
                     output: error::chain(&e),
@@ -137,7 +151,7 @@ impl Prober for ExecProber {
                     exit_code: -1,
                     output: format!("the probe's thread failed: {e}"),
                 },
-            }
+            })
         })
     }
 }
@@ -183,6 +197,7 @@ impl Engine {
         let prober = ExecProber {
             inner: Arc::clone(&self.inner),
             id: id.clone(),
+            slot: Arc::clone(&slot),
         };
         tracing::debug!(%id, check = ?slot.check, "health monitor started");
         tokio::spawn(async move {

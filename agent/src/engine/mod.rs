@@ -594,6 +594,7 @@ impl Engine {
                 .unwrap_or(DEFAULT_STOP_GRACE);
             let id = &entry.info.id;
             if inner.runtime.state(id)?.status == Status::Running {
+                inner.health.stopping(id);
                 match inner.runtime.stop(id, grace) {
                     Ok(_) | Err(RuntimeError::InvalidState { .. }) => {}
                     Err(e) => return Err(e.into()),
@@ -995,6 +996,7 @@ impl Inner {
                 entry.info.name
             )));
         }
+        self.health.stopping(id);
         match self.runtime.delete(id, true) {
             Ok(()) | Err(RuntimeError::NotFound(_)) => {}
             Err(e) => {

@@ -5,6 +5,7 @@
 //! Probes run one at a time; the interval counts from the end of the previous probe
 //! (Docker's). A probe that does not answer by its timeout counts as a failure even if the
 //! prober fails to kill it in time: the loop gives up waiting at timeout + [`KILL_GRACE`].
+//! A probe the prober declines to judge (the container is being stopped) is not recorded.
 //! Time comes from `tokio::time`, so the loop is tested with paused time and a fake prober.
 
 use std::future::Future;
@@ -45,8 +46,9 @@ impl ProbeOutcome {
 /// Runs probes inside one container.
 pub trait Prober: Send + Sync + 'static {
     /// Runs `args` in the container and kills it if it still runs after `timeout`
-    /// ([`ProbeOutcome::timed_out`]). A probe that cannot run is an outcome with exit code -1.
-    fn probe(&self, args: Vec<String>, timeout: Duration) -> BoxFuture<'_, ProbeOutcome>;
+    /// ([`ProbeOutcome::timed_out`]). A probe that cannot run is an outcome with exit code -1,
+    /// except while the container is being stopped: then `None` (nothing to record).
+    fn probe(&self, args: Vec<String>, timeout: Duration) -> BoxFuture<'_, Option<ProbeOutcome>>;
 }
 
 /// Probes a container started at `started` with `check` until `stop` completes, publishing
@@ -74,7 +76,11 @@ pub async fn monitor<P: Prober>(
         );
         let outcome = tokio::select! {
             () = &mut stop => return,
-            r = probe => r.unwrap_or_else(|_| ProbeOutcome::timed_out(check.timeout)),
+            r = probe => match r {
+                Ok(Some(outcome)) => outcome,
+                Ok(None) => continue,
+                Err(_) => ProbeOutcome::timed_out(check.timeout),
+            },
         };
         let in_start_period = begun.duration_since(started) < check.start_period;
         let result = ProbeResult {
@@ -104,6 +110,9 @@ mod tests {
     /// A probe as the prober saw it: argv, timeout, when.
     type Call = (Vec<String>, Duration, Instant);
 
+    /// A scripted "exit code" for a probe the prober declines to judge.
+    const SKIP: i32 = i32::MIN;
+
     /// Each probe takes `took` of (paused) time and exits with the next scripted code; after
     /// the script, probes hang forever.
     #[derive(Clone)]
@@ -127,7 +136,11 @@ mod tests {
     }
 
     impl Prober for Scripted {
-        fn probe(&self, args: Vec<String>, timeout: Duration) -> BoxFuture<'_, ProbeOutcome> {
+        fn probe(
+            &self,
+            args: Vec<String>,
+            timeout: Duration,
+        ) -> BoxFuture<'_, Option<ProbeOutcome>> {
             self.calls
                 .lock()
                 .unwrap()
@@ -135,17 +148,19 @@ mod tests {
             let next = self.script.lock().unwrap().pop_front();
             Box::pin(async move {
                 match next {
+                    // The container is being stopped.
+                    Some((_, SKIP)) => None,
                     Some((took, code)) if took <= timeout => {
                         tokio::time::sleep(took).await;
-                        ProbeOutcome {
+                        Some(ProbeOutcome {
                             exit_code: code,
                             output: format!("exit {code}"),
-                        }
+                        })
                     }
                     // A prober that kills at the timeout.
                     Some(_) => {
                         tokio::time::sleep(timeout).await;
-                        ProbeOutcome::timed_out(timeout)
+                        Some(ProbeOutcome::timed_out(timeout))
                     }
                     // A prober that never returns: the loop's own guard must fire.
                     None => std::future::pending().await,
@@ -237,6 +252,14 @@ mod tests {
             "{:?}",
             h.log
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn probes_the_prober_declines_are_not_recorded() {
+        let prober = Scripted::new(&[(0, SKIP), (0, SKIP), (10, 0)]);
+        let (h, took) = run(check(0, 1), prober, HealthState::Healthy).await;
+        assert_eq!(took, Duration::from_millis(310));
+        assert_eq!(h.log.len(), 1);
     }
 
     #[tokio::test(start_paused = true)]

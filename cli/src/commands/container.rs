@@ -448,13 +448,20 @@ fn state_of(c: &ContainerInfo) -> ContainerState {
     ContainerState::try_from(c.state).unwrap_or(ContainerState::Dead)
 }
 
-/// The STATUS column: `Up 5 minutes`, `Exited (0) 2 seconds ago`, `Created`.
+/// The STATUS column: `Up 5 minutes`, `Up 3 seconds (healthy)`, `Exited (0) 2 seconds ago`,
+/// `Created`.
 pub fn status_text(c: &ContainerInfo) -> String {
     match state_of(c) {
         ContainerState::Created => "Created".into(),
         ContainerState::Running => {
+            let health = match v1::HealthState::try_from(c.health) {
+                Ok(v1::HealthState::Starting) => " (health: starting)",
+                Ok(v1::HealthState::Healthy) => " (healthy)",
+                Ok(v1::HealthState::Unhealthy) => " (unhealthy)",
+                _ => "",
+            };
             format!(
-                "Up {}",
+                "Up {}{health}",
                 human_duration(seconds_since(c.started_at.as_ref()))
             )
         }
@@ -743,7 +750,7 @@ fn container_json(c: &ContainerInfo, image: Option<&v1::ImageInfo>) -> Value {
     };
     let state = state_of(c);
     let labels: BTreeMap<_, _> = cfg.labels.iter().collect();
-    json!({
+    let mut value = json!({
         "Id": c.id,
         "Created": rfc3339(c.created.as_ref()),
         "Path": c.args.first().cloned().unwrap_or_default(),
@@ -787,6 +794,51 @@ fn container_json(c: &ContainerInfo, image: Option<&v1::ImageInfo>) -> Value {
             "Labels": labels,
             "StopSignal": c.stop_signal,
         },
+    });
+    if let Some(h) = &c.health_detail {
+        value["State"]["Health"] = health_json(h);
+    }
+    if let Some(h) = &cfg.healthcheck {
+        value["Config"]["Healthcheck"] = healthcheck_json(h);
+    }
+    value
+}
+
+/// Docker's `State.Health`: status, failing streak and the last probes.
+fn health_json(h: &v1::ContainerHealth) -> Value {
+    let status = match v1::HealthState::try_from(h.status) {
+        Ok(v1::HealthState::Starting) => "starting",
+        Ok(v1::HealthState::Healthy) => "healthy",
+        Ok(v1::HealthState::Unhealthy) => "unhealthy",
+        _ => "none",
+    };
+    let log: Vec<Value> = h
+        .log
+        .iter()
+        .map(|p| {
+            json!({
+                "Start": rfc3339(p.start.as_ref()),
+                "End": rfc3339(p.end.as_ref()),
+                "ExitCode": p.exit_code,
+                "Output": p.output,
+            })
+        })
+        .collect();
+    json!({ "Status": status, "FailingStreak": h.failing_streak, "Log": log })
+}
+
+/// Docker's `Config.Healthcheck` (durations in nanoseconds, 0 = unset).
+fn healthcheck_json(h: &v1::HealthConfig) -> Value {
+    let ns = |d: &Option<prost_types::Duration>| {
+        d.as_ref()
+            .map_or(0, |d| d.seconds * 1_000_000_000 + i64::from(d.nanos))
+    };
+    json!({
+        "Test": h.test,
+        "Interval": ns(&h.interval),
+        "Timeout": ns(&h.timeout),
+        "StartPeriod": ns(&h.start_period),
+        "Retries": h.retries,
     })
 }
 
@@ -937,6 +989,33 @@ mod tests {
         assert_eq!(parse_bytes("1024").unwrap(), 1024);
         assert!(parse_bytes("12x").is_err());
         assert!(parse_bytes("m").is_err());
+    }
+
+    #[test]
+    fn status_and_inspect_show_health_like_docker() {
+        let mut c = ContainerInfo {
+            state: ContainerState::Running as i32,
+            health: v1::HealthState::Starting as i32,
+            ..Default::default()
+        };
+        assert!(status_text(&c).ends_with(" (health: starting)"));
+        c.health = v1::HealthState::Healthy as i32;
+        assert!(status_text(&c).ends_with(" (healthy)"));
+        c.health = v1::HealthState::None as i32;
+        assert!(status_text(&c).ends_with(" second"), "{}", status_text(&c));
+        c.health_detail = Some(v1::ContainerHealth {
+            status: v1::HealthState::Unhealthy as i32,
+            failing_streak: 3,
+            log: vec![v1::HealthProbe {
+                exit_code: -1,
+                output: "Health check exceeded timeout (300ms)".into(),
+                ..Default::default()
+            }],
+        });
+        let j = container_json(&c, None);
+        assert_eq!(j["State"]["Health"]["Status"], "unhealthy");
+        assert_eq!(j["State"]["Health"]["FailingStreak"], 3);
+        assert_eq!(j["State"]["Health"]["Log"][0]["ExitCode"], -1);
     }
 
     #[test]

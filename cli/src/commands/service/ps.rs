@@ -1,13 +1,17 @@
 //! `berth service ps` and `berth node ps`: the task table Docker prints
 //! (`ID NAME IMAGE NODE DESIRED STATE CURRENT STATE ERROR PORTS`), newest task of each slot
-//! first and its older tasks below it under ` \_ `.
+//! first and its older tasks below it under ` \_ `. CURRENT STATE carries the health of a
+//! task with a health check like `docker ps` STATUS does: `Running 5 seconds ago (healthy)`,
+//! `Starting 2 seconds ago (health: starting)`, `Failed 1 second ago (unhealthy)`.
 
 use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use berth_proto::naming::task_display_name;
 use berth_proto::v1::list_tasks_request::Filters;
-use berth_proto::v1::{InfoRequest, ListNodesRequest, ListTasksRequest, Node, Task, TaskState};
+use berth_proto::v1::{
+    HealthState, InfoRequest, ListNodesRequest, ListTasksRequest, Node, Task, TaskState,
+};
 use clap::Args;
 
 use super::{Daemon, display_image, list_services, ports_text, service_name, status_error};
@@ -321,13 +325,26 @@ fn seconds(t: Option<&prost_types::Timestamp>) -> Option<f64> {
     t.map(|t| t.seconds as f64 + f64::from(t.nanos) / 1e9)
 }
 
-/// `Running 13 seconds ago`, as Docker prints CURRENT STATE.
+/// The health suffix of CURRENT STATE (`docker ps` words): shown while a task with a
+/// health check starts or runs, and on any task its check found unhealthy.
+pub fn health_suffix(state: TaskState, health: i32) -> &'static str {
+    let live = matches!(state, TaskState::Starting | TaskState::Running);
+    match HealthState::try_from(health) {
+        Ok(HealthState::Starting) if live => " (health: starting)",
+        Ok(HealthState::Healthy) if live => " (healthy)",
+        Ok(HealthState::Unhealthy) => " (unhealthy)",
+        _ => "",
+    }
+}
+
+/// `Running 13 seconds ago`, as Docker prints CURRENT STATE, plus [`health_suffix`].
 pub fn current_state(task: &Task, now: SystemTime) -> String {
     let status = task.status.clone().unwrap_or_default();
     let state = TaskState::try_from(status.state).unwrap_or(TaskState::New);
+    let health = health_suffix(state, status.health);
     let at = seconds(status.timestamp.as_ref())
         .or_else(|| seconds(task.meta.as_ref().and_then(|m| m.created_at.as_ref())));
-    match at {
+    let text = match at {
         Some(at) => {
             let now = now
                 .duration_since(UNIX_EPOCH)
@@ -339,7 +356,8 @@ pub fn current_state(task: &Task, now: SystemTime) -> String {
             )
         }
         None => state.to_string(),
-    }
+    };
+    format!("{text}{health}")
 }
 
 /// Docker's `Ellipsis`: at most `max` characters, the last one `…` when cut.
@@ -636,6 +654,38 @@ t20000000000   web.2       busybox:1.36   node-2   Running         Pending 10 se
             .unwrap_err()
             .to_string();
         assert!(err.contains("\"gone\""), "{err}");
+    }
+
+    #[test]
+    fn current_state_shows_health_like_docker_ps() {
+        let web = service("svcweb00000000000000000a", "web", Some(1));
+        let at = |state, health: HealthState| {
+            let mut t = task("t1", &web, 1, "n1", TaskState::Running, state, 999);
+            if let Some(s) = t.status.as_mut() {
+                s.health = health as i32;
+            }
+            current_state(&t, now())
+        };
+        assert_eq!(
+            at(TaskState::Running, HealthState::Healthy),
+            "Running 1 second ago (healthy)"
+        );
+        assert_eq!(
+            at(TaskState::Starting, HealthState::Starting),
+            "Starting 1 second ago (health: starting)"
+        );
+        assert_eq!(
+            at(TaskState::Failed, HealthState::Unhealthy),
+            "Failed 1 second ago (unhealthy)"
+        );
+        assert_eq!(
+            at(TaskState::Shutdown, HealthState::Healthy),
+            "Shutdown 1 second ago"
+        );
+        assert_eq!(
+            at(TaskState::Running, HealthState::None),
+            "Running 1 second ago"
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@ pub mod engine;
 pub mod health;
 pub mod image;
 pub mod join;
+pub mod network;
 pub mod runtime;
 pub mod session;
 pub mod worker;

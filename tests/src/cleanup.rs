@@ -47,7 +47,10 @@ fn collect(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
 pub fn kill_cgroup(parent: &str) {
     for dir in cgroup_dirs(parent) {
         if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
-            for pid in procs.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+            for pid in procs
+                .split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok())
+            {
                 let _ = nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(pid),
                     nix::sys::signal::Signal::SIGKILL,

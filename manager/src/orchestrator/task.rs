@@ -261,10 +261,7 @@ mod tests {
         assert_eq!(t.service_id, "s1");
         assert_eq!(observed(&t), TaskState::New);
         assert_eq!(desired(&t), TaskState::Running);
-        assert_eq!(
-            t.status.as_ref().map(|s| s.message.as_str()),
-            Some(MSG_NEW)
-        );
+        assert_eq!(t.status.as_ref().map(|s| s.message.as_str()), Some(MSG_NEW));
         assert_eq!(t.spec, svc.spec.as_ref().and_then(|s| s.task.clone()));
         assert_eq!(t.annotations.as_ref().map(|a| a.labels.len()), Some(1));
         assert_eq!(

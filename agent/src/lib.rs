@@ -6,5 +6,6 @@ pub mod image;
 pub mod join;
 pub mod network;
 pub mod runtime;
+pub mod secrets;
 pub mod session;
 pub mod worker;

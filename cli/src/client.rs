@@ -47,6 +47,12 @@ pub enum ClientCommand {
     /// Manage Swarm stacks
     #[command(subcommand)]
     Stack(crate::commands::stack::StackCommand),
+    /// Manage Swarm secrets
+    #[command(subcommand)]
+    Secret(crate::commands::secret::SecretCommand),
+    /// Manage Swarm configs
+    #[command(subcommand)]
+    Config(crate::commands::config::ConfigCommand),
     /// Create and run a new container from an image
     Run(Box<crate::commands::container::RunArgs>),
     /// List containers

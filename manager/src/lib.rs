@@ -9,5 +9,6 @@ pub mod manager;
 
 pub mod raft;
 pub mod scheduler;
+pub mod secrets;
 pub mod raft_net;
 pub mod store;

@@ -14,6 +14,11 @@
 //! - [`Manager::force_new_cluster`]: recovery from lost quorum (see [`recovery`]);
 //! - [`Manager::shutdown`].
 //!
+//! Secrets: every entry point opens the data key file of the state directory
+//! ([`crate::secrets`]); `init_cluster` creates the key, and a manager that starts without one
+//! (joined, promoted, or its file lost) fetches it from the other managers in the background
+//! ([`crate::secrets::service::fetch_until_held`]).
+//!
 //! Raft member ids come from node ids ([`crate::raft_net::raft_id_for`]) and are recorded in
 //! the Node objects' `manager_status.raft_id`.
 
@@ -51,6 +56,8 @@ use crate::raft_net::{
     GrpcNetwork, MembershipService, Peers, ProposeError, RaftService, Replica, Timeouts,
     leader_addr_of, raft_id_for,
 };
+use crate::secrets::service::{KeysService, fetch_until_held};
+use crate::secrets::{Keyring, SecretsError};
 use crate::store::{Store, StoreActions};
 
 /// Name of the Raft data directory inside the state directory.
@@ -157,6 +164,9 @@ pub enum ManagerError {
     /// Shutting down did not complete cleanly.
     #[error("shutdown: {0}")]
     Shutdown(String),
+    /// The data key file could not be read or written.
+    #[error(transparent)]
+    Secrets(#[from] SecretsError),
 }
 
 impl From<RaftNodeError> for ManagerError {
@@ -180,6 +190,7 @@ enum JoinState {
 pub struct Manager {
     replica: Arc<Replica>,
     dispatcher: DispatcherSlot,
+    keyring: Keyring,
     cluster_id: String,
     creds: RwLock<NodeCredentials>,
     cancel: CancellationToken,
@@ -232,7 +243,16 @@ impl Manager {
         let tokens = JoinTokens::generate(&ca)?;
         let expiry = opts.cert_expiry.unwrap_or(cfg.cert_expiry);
         let creds = ca.issue_node_credentials(&cfg.node_id, Role::Manager, &cluster_id, expiry)?;
-        let manager = Manager::start(&cfg, creds.clone(), JoinState::NotJoining).await?;
+        let keyring = Keyring::open(&cfg.state_dir)?;
+        keyring.generate()?;
+        let manager = Manager::start(
+            &cfg,
+            creds.clone(),
+            JoinState::NotJoining,
+            keyring,
+            Vec::new(),
+        )
+        .await?;
         let raft = manager
             .replica
             .raft()
@@ -344,7 +364,8 @@ impl Manager {
         if !has_raft_data(&cfg.raft_dir()) {
             return Err(ManagerError::NotInitialized(cfg.raft_dir()));
         }
-        Manager::start(&cfg, creds, JoinState::NotJoining).await
+        let keyring = Keyring::open(&cfg.state_dir)?;
+        Manager::start(&cfg, creds, JoinState::NotJoining, keyring, Vec::new()).await
     }
 
     /// Starts a manager that is not yet a Raft member and joins it through the leader (reached
@@ -362,7 +383,15 @@ impl Manager {
                 "no manager address to join through".into(),
             ));
         }
-        let manager = Manager::start(&cfg, creds, JoinState::Joining(None)).await?;
+        let keyring = Keyring::open(&cfg.state_dir)?;
+        let manager = Manager::start(
+            &cfg,
+            creds,
+            JoinState::Joining(None),
+            keyring,
+            leader_addrs.clone(),
+        )
+        .await?;
         Ok(manager.spawn_join(leader_addrs))
     }
 
@@ -379,7 +408,9 @@ impl Manager {
         }
         let raft_id = raft_id_for(&cfg.node_id);
         recovery::reset_membership(&dir, raft_id, &cfg.advertise_addr).await?;
-        let manager = Manager::start(&cfg, creds, JoinState::NotJoining).await?;
+        let keyring = Keyring::open(&cfg.state_dir)?;
+        let manager =
+            Manager::start(&cfg, creds, JoinState::NotJoining, keyring, Vec::new()).await?;
         let deadline = Instant::now() + cfg.raft.write_timeout;
         while !manager.replica.is_leader() {
             if Instant::now() > deadline {
@@ -393,10 +424,14 @@ impl Manager {
         Ok(manager)
     }
 
+    /// Starts the member; without a data key in `keyring`, also the background fetch of it
+    /// (asking `key_seeds` first).
     async fn start(
         cfg: &ManagerConfig,
         creds: NodeCredentials,
         join: JoinState,
+        keyring: Keyring,
+        key_seeds: Vec<String>,
     ) -> Result<Manager, ManagerError> {
         let identity = creds
             .identity()
@@ -425,11 +460,20 @@ impl Manager {
             RECONCILE_PERIOD,
         ));
         let dispatcher = DispatcherSlot::new();
-        leader::spawn(&replica, &dispatcher, &tasks, &cancel);
+        leader::spawn(&replica, &dispatcher, &keyring, &tasks, &cancel);
+        if keyring.key().is_none() {
+            tasks.spawn(fetch_until_held(
+                replica.clone(),
+                keyring.clone(),
+                key_seeds,
+                cancel.clone(),
+            ));
+        }
         let (_, join_state) = watch::channel(join);
         Ok(Manager {
             replica,
             dispatcher,
+            keyring,
             cluster_id: identity.cluster_id,
             creds: RwLock::new(creds),
             cancel,
@@ -480,7 +524,11 @@ impl Manager {
                 DispatcherService::for_replica(self.dispatcher.clone(), self.replica.clone())
                     .into_server(),
             )
-            .add_service(ControlService::new(self.replica.clone()).into_server())
+            .add_service(
+                ControlService::with_keyring(self.replica.clone(), self.keyring.clone())
+                    .into_server(),
+            )
+            .add_service(KeysService::new(self.replica.clone(), self.keyring.clone()).into_server())
             .add_service(RaftService::new(self.replica.clone()).into_server())
             .add_service(MembershipService::new(self.replica.clone()).into_server())
     }

@@ -14,10 +14,18 @@
 //! The healthcheck goes to the engine, which resolves it over the image's `HEALTHCHECK` and
 //! probes the running container; [`Controller::health`] hands the runner its health.
 //!
-//! Not carried out yet (the task is REJECTED with the reason rather than run without them):
-//! secrets and configs (no tmpfs delivery in the engine yet). Networks (overlay attachments)
-//! and published ports are ignored for now: containers get the engine's default network
-//! mode (their own namespace with loopback only).
+//! Secrets and configs ([`Dependencies`], kept in memory by the worker) are written into a
+//! fresh tmpfs under the executor's task-files root and bind-mounted read-only into the
+//! container when it is created (`/run/secrets/<target>`, configs at their paths); the tmpfs
+//! is then detached from the host, so only the container holds them ([`crate::secrets`]).
+//! An executor without a task-files root refuses tasks that use them.
+//!
+//! Not carried out yet: networks (overlay attachments) and published ports are ignored for
+//! now: containers get the engine's default network mode (their own namespace with loopback
+//! only).
+
+use std::path::PathBuf;
+use std::sync::Arc;
 
 use berth_proto::naming::task_name;
 use berth_proto::v1::{
@@ -31,17 +39,34 @@ use super::executor::{
     Observed,
 };
 use crate::engine::{Engine, EngineError};
+use crate::secrets::{self, FilesPlan, TaskFiles};
 
 /// Runs tasks on the node's engine (see the module docs).
 #[derive(Debug, Clone)]
 pub struct EngineExecutor {
     engine: Engine,
+    /// Where tasks' tmpfs mounts are made (`None`: secrets and configs are refused).
+    task_files: Option<Arc<PathBuf>>,
 }
 
 impl EngineExecutor {
-    /// An executor running containers on `engine`.
+    /// An executor running containers on `engine`, without secrets and configs.
     pub fn new(engine: Engine) -> Self {
-        EngineExecutor { engine }
+        EngineExecutor {
+            engine,
+            task_files: None,
+        }
+    }
+
+    /// Delivers secrets and configs through tmpfs mounts made under `root` (a directory of the
+    /// agent's state; what an earlier daemon left there is removed now).
+    pub fn with_task_files(mut self, root: impl Into<PathBuf>) -> Self {
+        let root = root.into();
+        if let Err(e) = crate::secrets::sweep(&root) {
+            tracing::warn!(?root, error = %e, "could not sweep the task files root");
+        }
+        self.task_files = Some(Arc::new(root));
+        self
     }
 }
 
@@ -54,11 +79,6 @@ pub fn container_config(task: &Task) -> Result<ContainerConfig, ExecError> {
         .ok_or_else(|| ExecError::InvalidSpec("the task has no container spec".into()))?;
     if spec.image.is_empty() {
         return Err(ExecError::InvalidSpec("the task names no image".into()));
-    }
-    if !spec.secrets.is_empty() || !spec.configs.is_empty() {
-        return Err(ExecError::InvalidSpec(
-            "secrets and configs are not supported on this node yet".into(),
-        ));
     }
     let limits = task
         .spec
@@ -140,12 +160,26 @@ struct EngineController {
     name: String,
     image: String,
     config: Result<ContainerConfig, ExecError>,
+    /// The task's files, planned from the secrets and configs the worker holds.
+    files: Result<FilesPlan, ExecError>,
+    task_files: Option<Arc<PathBuf>>,
 }
 
 impl EngineController {
-    fn new(engine: Engine, task: &Task) -> Self {
+    fn new(exec: &EngineExecutor, task: &Task, deps: &Dependencies) -> Self {
+        let files = task
+            .spec
+            .as_ref()
+            .and_then(|s| s.container.as_ref())
+            .map_or_else(
+                || Ok(FilesPlan::default()),
+                |c| secrets::plan(c, &deps.secrets, &deps.configs),
+            )
+            .map_err(|e| ExecError::InvalidSpec(e.to_string()));
         EngineController {
-            engine,
+            engine: exec.engine.clone(),
+            files,
+            task_files: exec.task_files.clone(),
             name: task_name(task),
             image: task
                 .spec
@@ -155,6 +189,29 @@ impl EngineController {
                 .unwrap_or_default(),
             config: container_config(task),
         }
+    }
+
+    /// Writes the task's secrets and configs into a fresh tmpfs and adds its binds to
+    /// `config`; `None` when the task uses none.
+    async fn materialize(
+        &self,
+        config: &mut ContainerConfig,
+    ) -> Result<Option<TaskFiles>, ExecError> {
+        let plan = self.files.clone()?;
+        if plan.is_empty() {
+            return Ok(None);
+        }
+        let root = self.task_files.clone().ok_or_else(|| {
+            ExecError::InvalidSpec("secrets and configs are not supported on this node".into())
+        })?;
+        let name = self.name.clone();
+        let (files, mounts) =
+            tokio::task::spawn_blocking(move || TaskFiles::materialize(&root, &name, &plan))
+                .await
+                .map_err(|e| ExecError::Failed(format!("writing the task's files: {e}")))?
+                .map_err(|e| ExecError::Failed(format!("writing the task's files: {e}")))?;
+        config.mounts.extend(mounts);
+        Ok(Some(files))
     }
 
     /// The container's state, `None` when it does not exist.
@@ -183,13 +240,13 @@ impl Executor for EngineExecutor {
     fn controller(
         &self,
         task: &Task,
-        _deps: Dependencies,
+        deps: Dependencies,
     ) -> Result<Box<dyn Controller>, ExecError> {
-        Ok(Box::new(EngineController::new(self.engine.clone(), task)))
+        Ok(Box::new(EngineController::new(self, task, &deps)))
     }
 
-    fn adopt(&self, task: &Task, _deps: Dependencies) -> BoxFuture<'_, Result<Adopted, ExecError>> {
-        let controller = EngineController::new(self.engine.clone(), task);
+    fn adopt(&self, task: &Task, deps: Dependencies) -> BoxFuture<'_, Result<Adopted, ExecError>> {
+        let controller = EngineController::new(self, task, &deps);
         Box::pin(async move {
             let observed = controller
                 .inspect()
@@ -206,10 +263,11 @@ impl Executor for EngineExecutor {
 impl Controller for EngineController {
     fn prepare(&self) -> BoxFuture<'_, Result<(), ExecError>> {
         Box::pin(async move {
-            let config = self.config.clone()?;
+            let mut config = self.config.clone()?;
             if self.inspect().await?.is_some() {
                 return Ok(());
             }
+            let files = self.materialize(&mut config).await?;
             let create = |config: ContainerConfig| {
                 self.engine.container_create(ContainerCreateRequest {
                     config: Some(config),
@@ -229,6 +287,16 @@ impl Controller for EngineController {
                         )));
                     }
                 }
+            }
+            if let Some(files) = files {
+                // The container's mount namespace holds the binds now (or creation failed):
+                // either way the host copy goes.
+                let _ = tokio::task::spawn_blocking(move || {
+                    if let Err(e) = files.detach() {
+                        tracing::warn!(error = %e, "could not detach a task's tmpfs");
+                    }
+                })
+                .await;
             }
             match created {
                 Ok(_) => Ok(()),
@@ -402,9 +470,8 @@ mod tests {
         if let Some(c) = t.spec.as_mut().and_then(|s| s.container.as_mut()) {
             c.secrets.push(SecretReference::default());
         }
-        assert!(
-            matches!(container_config(&t), Err(ExecError::InvalidSpec(m)) if m.contains("secrets"))
-        );
+        // Secrets are delivered at prepare time, not through the container configuration.
+        assert!(container_config(&t).is_ok());
         let mut t = task();
         t.spec = None;
         assert!(matches!(

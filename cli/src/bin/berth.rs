@@ -36,6 +36,8 @@ fn run(args: ClientArgs) -> anyhow::Result<ExitCode> {
             ClientCommand::Network(command) => commands::network::run(&mut daemon, command).await,
             ClientCommand::Service(command) => commands::service::run(&mut daemon, command).await,
             ClientCommand::Stack(command) => commands::stack::run(&mut daemon, command).await,
+            ClientCommand::Secret(command) => commands::secret::run(&mut daemon, command).await,
+            ClientCommand::Config(command) => commands::config::run(&mut daemon, command).await,
             ClientCommand::Run(args) => commands::container::run(&mut daemon, *args).await,
             ClientCommand::Ps(args) => commands::container::ps(&mut daemon, args).await,
             ClientCommand::Logs(args) => commands::container::logs(&mut daemon, args).await,

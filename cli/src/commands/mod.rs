@@ -1,11 +1,13 @@
 //! What each `berth` command does: calls to the local daemon and the output Docker users know.
 
+pub mod config;
 pub mod container;
 mod format;
 pub mod image;
 pub mod info;
 pub mod network;
 pub mod node;
+pub mod secret;
 pub mod service;
 pub mod stack;
 pub mod swarm;

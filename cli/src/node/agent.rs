@@ -14,6 +14,9 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+/// Where tasks' secrets and configs are mounted (tmpfs, briefly) inside the state directory.
+pub const TASK_FILES_DIR: &str = "agent/task-files";
+
 /// The running worker and session of this node.
 #[derive(Debug)]
 pub struct NodeAgent {
@@ -34,7 +37,7 @@ impl NodeAgent {
     ) -> anyhow::Result<NodeAgent> {
         let worker = Worker::open(
             WorkerConfig::new(state_root),
-            Arc::new(EngineExecutor::new(engine)),
+            Arc::new(EngineExecutor::new(engine).with_task_files(state_root.join(TASK_FILES_DIR))),
         )?;
         let mut cfg = SessionConfig::new(managers, credentials, describe(advertise_addr));
         cfg.managers_file = Some(state_root.join("agent/managers.json"));

@@ -10,15 +10,20 @@
 //!   sequence"). Errors become statuses in [`status`] only.
 //! - Networks ([`networks`]) are written unallocated; the allocator gives them their subnet
 //!   and VXLAN id. Removal is refused while a service or a live task uses one.
-//! - Secrets and configs answer UNIMPLEMENTED for now (the generated default stubs).
+//! - Secret data is sealed with the cluster's data key before it is proposed and never
+//!   returned ([`secrets`], [`crate::secrets`]); configs are stored as given ([`configs`]).
 //!
 //! Submodules: [`nodes`] (incl. the demotion quorum check), [`services`], [`tasks`],
-//! [`cluster`] (cluster object, join tokens, Raft status), [`filters`], [`status`].
+//! [`cluster`] (cluster object, join tokens, Raft status), [`secrets`], [`configs`] and what
+//! they share ([`payload`]: sizes, in-use checks, rotation), [`filters`], [`status`].
 
 pub mod cluster;
+pub mod configs;
 pub mod filters;
 pub mod networks;
 pub mod nodes;
+pub mod payload;
+pub mod secrets;
 pub mod services;
 pub mod status;
 pub mod tasks;
@@ -31,17 +36,24 @@ use berth_proto::v1::*;
 use tonic::{Request, Response, Status};
 
 use crate::raft_net::Replica;
+use crate::secrets::Keyring;
 
 /// The Control service of one manager.
 #[derive(Debug, Clone)]
 pub struct ControlService {
     replica: Arc<Replica>,
+    keyring: Keyring,
 }
 
 impl ControlService {
-    /// The service over `replica`.
+    /// The service over `replica`, without a data key (creating secrets is refused).
     pub fn new(replica: Arc<Replica>) -> Self {
-        ControlService { replica }
+        Self::with_keyring(replica, Keyring::in_memory(None))
+    }
+
+    /// The service over `replica`, sealing secrets with `keyring`'s key.
+    pub fn with_keyring(replica: Arc<Replica>, keyring: Keyring) -> Self {
+        ControlService { replica, keyring }
     }
 
     /// The tonic server to mount.
@@ -198,6 +210,129 @@ impl Control for ControlService {
         self.authorize(&request)?;
         networks::remove(&self.replica, &request.into_inner().network_id).await?;
         Ok(Response::new(RemoveNetworkResponse {}))
+    }
+
+    async fn create_secret(
+        &self,
+        request: Request<CreateSecretRequest>,
+    ) -> Answer<CreateSecretResponse> {
+        self.authorize(&request)?;
+        let secret = secrets::create(&self.replica, &self.keyring, request.into_inner()).await?;
+        Ok(Response::new(CreateSecretResponse {
+            secret: Some(secret),
+        }))
+    }
+
+    async fn get_secret(&self, request: Request<GetSecretRequest>) -> Answer<GetSecretResponse> {
+        self.authorize(&request)?;
+        let secret = secrets::get(&self.replica, &request.into_inner().secret_id)?;
+        Ok(Response::new(GetSecretResponse {
+            secret: Some(secret),
+        }))
+    }
+
+    async fn list_secrets(
+        &self,
+        request: Request<ListSecretsRequest>,
+    ) -> Answer<ListSecretsResponse> {
+        self.authorize(&request)?;
+        Ok(Response::new(ListSecretsResponse {
+            secrets: secrets::list(&self.replica, request.into_inner()),
+        }))
+    }
+
+    async fn update_secret(
+        &self,
+        request: Request<UpdateSecretRequest>,
+    ) -> Answer<UpdateSecretResponse> {
+        self.authorize(&request)?;
+        let secret = secrets::update(&self.replica, &self.keyring, request.into_inner()).await?;
+        Ok(Response::new(UpdateSecretResponse {
+            secret: Some(secret),
+        }))
+    }
+
+    async fn remove_secret(
+        &self,
+        request: Request<RemoveSecretRequest>,
+    ) -> Answer<RemoveSecretResponse> {
+        self.authorize(&request)?;
+        secrets::remove(&self.replica, &request.into_inner().secret_id).await?;
+        Ok(Response::new(RemoveSecretResponse {}))
+    }
+
+    async fn rotate_secret(
+        &self,
+        request: Request<RotateSecretRequest>,
+    ) -> Answer<RotateSecretResponse> {
+        self.authorize(&request)?;
+        let (secret, service_ids) =
+            secrets::rotate(&self.replica, &self.keyring, request.into_inner()).await?;
+        Ok(Response::new(RotateSecretResponse {
+            secret: Some(secret),
+            service_ids,
+        }))
+    }
+
+    async fn create_config(
+        &self,
+        request: Request<CreateConfigRequest>,
+    ) -> Answer<CreateConfigResponse> {
+        self.authorize(&request)?;
+        let config = configs::create(&self.replica, request.into_inner()).await?;
+        Ok(Response::new(CreateConfigResponse {
+            config: Some(config),
+        }))
+    }
+
+    async fn get_config(&self, request: Request<GetConfigRequest>) -> Answer<GetConfigResponse> {
+        self.authorize(&request)?;
+        let config = configs::get(&self.replica, &request.into_inner().config_id)?;
+        Ok(Response::new(GetConfigResponse {
+            config: Some(config),
+        }))
+    }
+
+    async fn list_configs(
+        &self,
+        request: Request<ListConfigsRequest>,
+    ) -> Answer<ListConfigsResponse> {
+        self.authorize(&request)?;
+        Ok(Response::new(ListConfigsResponse {
+            configs: configs::list(&self.replica, request.into_inner()),
+        }))
+    }
+
+    async fn update_config(
+        &self,
+        request: Request<UpdateConfigRequest>,
+    ) -> Answer<UpdateConfigResponse> {
+        self.authorize(&request)?;
+        let config = configs::update(&self.replica, request.into_inner()).await?;
+        Ok(Response::new(UpdateConfigResponse {
+            config: Some(config),
+        }))
+    }
+
+    async fn remove_config(
+        &self,
+        request: Request<RemoveConfigRequest>,
+    ) -> Answer<RemoveConfigResponse> {
+        self.authorize(&request)?;
+        configs::remove(&self.replica, &request.into_inner().config_id).await?;
+        Ok(Response::new(RemoveConfigResponse {}))
+    }
+
+    async fn rotate_config(
+        &self,
+        request: Request<RotateConfigRequest>,
+    ) -> Answer<RotateConfigResponse> {
+        self.authorize(&request)?;
+        let (config, service_ids) = configs::rotate(&self.replica, request.into_inner()).await?;
+        Ok(Response::new(RotateConfigResponse {
+            config: Some(config),
+            service_ids,
+        }))
     }
 
     async fn get_cluster(&self, request: Request<GetClusterRequest>) -> Answer<GetClusterResponse> {

@@ -25,7 +25,8 @@
 //!   otherwise); a status that would move a task backwards, or names a task that is gone, is
 //!   dropped when flushed.
 //! - Assignments ([`assignments`]): only this node's tasks (ASSIGNED or later) and the
-//!   secrets and configs they use.
+//!   secrets and configs they use; sealed secrets are opened with the data key only in the
+//!   message sent ([`crate::secrets::open_for_agent`]).
 //!
 //! Invariants: every store write goes through the [`Writer`]; a task's status never moves
 //! backwards; a session's streams end when the session does (replaced, expired, or the
@@ -106,6 +107,9 @@ pub struct DispatcherConfig {
     pub assignment_batch_max: usize,
     /// Registrations a node may make in a window (3 per 8 s).
     pub rate_limit: RateLimit,
+    /// The data key sealed secrets are opened with before they are sent to an agent (an
+    /// empty keyring by default: sealed secrets are then not sent).
+    pub keyring: crate::secrets::Keyring,
 }
 
 impl Default for DispatcherConfig {
@@ -124,6 +128,7 @@ impl Default for DispatcherConfig {
                 count: 3,
                 period: Duration::from_secs(8),
             },
+            keyring: crate::secrets::Keyring::default(),
         }
     }
 }
@@ -274,6 +279,12 @@ fn jitter_factor(jitter: f64) -> f64 {
 }
 
 impl Shared {
+    /// `msg` with its sealed secrets opened for the agent ([`crate::secrets::open_for_agent`]).
+    fn for_agent(&self, mut msg: AssignmentsMessage) -> AssignmentsMessage {
+        crate::secrets::open_for_agent(&mut msg, &self.cfg.keyring);
+        msg
+    }
+
     fn period(&self) -> Duration {
         self.store
             .view(cluster_period)
@@ -727,7 +738,7 @@ async fn assignments_stream(
 ) {
     let mut set = AssignmentSet::new(&node_id);
     let (snap, mut watch) = shared.store.subscribe();
-    let first = set.complete(&snap);
+    let first = shared.for_agent(set.complete(&snap));
     drop(snap);
     if !send(&tx, Ok(first)).await {
         return;
@@ -742,7 +753,7 @@ async fn assignments_stream(
             }
             _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
                 due = None;
-                if !send(&tx, Ok(set.increment())).await {
+                if !send(&tx, Ok(shared.for_agent(set.increment()))).await {
                     return;
                 }
             }
@@ -751,7 +762,7 @@ async fn assignments_stream(
                     set.apply(&changes, &shared.store);
                     if set.pending() >= shared.cfg.assignment_batch_max {
                         due = None;
-                        if !send(&tx, Ok(set.increment())).await {
+                        if !send(&tx, Ok(shared.for_agent(set.increment()))).await {
                             return;
                         }
                     } else if set.pending() > 0 && due.is_none() {
@@ -764,7 +775,7 @@ async fn assignments_stream(
                     let (snap, w) = shared.store.subscribe();
                     watch = w;
                     due = None;
-                    let complete = set.complete(&snap);
+                    let complete = shared.for_agent(set.complete(&snap));
                     if !send(&tx, Ok(complete)).await {
                         return;
                     }

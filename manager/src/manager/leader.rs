@@ -13,6 +13,7 @@ use futures::future::BoxFuture;
 use crate::orchestrator::{LeaderComponents, LeaderConfig, WriteFailure, Writer};
 use crate::raft::RaftNode;
 use crate::raft_net::Replica;
+use crate::secrets::Keyring;
 use crate::store::StoreActions;
 
 /// Writes leader decisions straight into this manager's Raft member (never forwarded: a loop
@@ -36,6 +37,7 @@ impl Writer for ReplicaWriter {
 pub(crate) fn spawn(
     replica: &Arc<Replica>,
     slot: &DispatcherSlot,
+    keyring: &Keyring,
     tasks: &TaskTracker,
     cancel: &CancellationToken,
 ) {
@@ -57,7 +59,10 @@ pub(crate) fn spawn(
         store,
         writer,
         slot.clone(),
-        DispatcherConfig::default(),
+        DispatcherConfig {
+            keyring: keyring.clone(),
+            ..DispatcherConfig::default()
+        },
         leadership,
         cancel.clone(),
     ));

@@ -304,7 +304,8 @@ async fn pull(daemon: &mut Daemon, args: PullArgs) -> anyhow::Result<()> {
             None => {}
         }
     }
-    let image = image.ok_or_else(|| anyhow::anyhow!("the daemon ended the pull without an image"))?;
+    let image =
+        image.ok_or_else(|| anyhow::anyhow!("the daemon ended the pull without an image"))?;
     if !args.quiet {
         if let Some(d) = image.repo_digests.first().and_then(|d| d.rsplit_once('@')) {
             println!("Digest: {}", d.1);

@@ -174,3 +174,234 @@ fn networks_are_allocated_listed_and_removed_only_when_unused() -> anyhow::Resul
     assert_eq!(ls.lines().count(), 1, "only ingress is left: {ls}");
     Ok(())
 }
+
+/// `sh -c` script of a web task: serve its own hostname with busybox httpd on port 80.
+const SERVE_HOSTNAME: &str = "hostname > /srv/www/index.html; exec httpd -f -p 80 -h /srv/www";
+
+/// A task command that stays up and exits promptly on SIGTERM.
+const IDLE: &str = "trap 'exit 0' TERM; while true; do sleep 0.2; done";
+
+/// The id of the running container of `service` on node `i` (by its task name).
+fn container_of(cluster: &TestCluster, i: usize, service: &str) -> anyhow::Result<String> {
+    let out = cluster.node(i).berth_ok(&["ps", "--format", "json"])?;
+    for line in out.lines() {
+        let v: Value = serde_json::from_str(line)?;
+        if v["Names"]
+            .as_str()
+            .is_some_and(|n| n.starts_with(&format!("{service}.")))
+        {
+            return Ok(v["ID"].as_str().unwrap_or_default().to_string());
+        }
+    }
+    anyhow::bail!("no running container of {service} on node {i}: {out}")
+}
+
+/// `berth exec` on node `i`: (success, stdout).
+fn exec(cluster: &TestCluster, i: usize, id: &str, cmd: &[&str]) -> anyhow::Result<(bool, String)> {
+    let mut args = vec!["exec", id];
+    args.extend_from_slice(cmd);
+    let out = cluster.node(i).berth(&args)?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+    ))
+}
+
+/// One HTTP GET from inside host `from` to `addr:port`: the body, or an error.
+fn http_get(
+    cluster: &TestCluster,
+    from: usize,
+    addr: std::net::Ipv4Addr,
+    port: u16,
+) -> anyhow::Result<String> {
+    use std::io::{Read, Write};
+    cluster.net().hosts()[from].run(move || {
+        let to = std::net::SocketAddr::from((addr, port));
+        let mut s = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(3)))?;
+        s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+        let mut reply = String::new();
+        s.read_to_string(&mut reply)?;
+        let body = reply
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.trim().to_string())
+            .ok_or_else(|| anyhow::anyhow!("not an HTTP answer: {reply:?}"))?;
+        Ok(body)
+    })
+}
+
+/// Distinct bodies of `n` requests through `wget` in a container; every request must answer.
+fn wget_all(
+    cluster: &TestCluster,
+    i: usize,
+    id: &str,
+    url: &str,
+    n: usize,
+) -> anyhow::Result<std::collections::BTreeSet<String>> {
+    let mut seen = std::collections::BTreeSet::new();
+    for k in 0..n {
+        let (ok, body) = exec(cluster, i, id, &["timeout", "3", "wget", "-q", "-O-", url])?;
+        anyhow::ensure!(
+            ok && !body.is_empty(),
+            "request {k} to {url} failed: {body:?}"
+        );
+        seen.insert(body);
+    }
+    Ok(seen)
+}
+
+/// Nodes (hostnames) running a task of `service`.
+fn nodes_of(cluster: &TestCluster, service: &str) -> anyhow::Result<Vec<String>> {
+    let ps =
+        cluster
+            .node(0)
+            .berth_ok(&["service", "ps", "-f", "desired-state=running", service])?;
+    Ok(ps
+        .lines()
+        .skip(1)
+        .filter(|l| l.contains(" Running "))
+        .filter_map(|l| l.split_whitespace().nth(3).map(str::to_string))
+        .collect())
+}
+
+fn converge(cluster: &TestCluster, service: &str, want: &str) -> anyhow::Result<()> {
+    wait::wait_until_or_dump(
+        Duration::from_secs(60),
+        &format!("{service} runs {want}"),
+        || {
+            let ls = cluster.node(0).berth_ok(&["service", "ls"])?;
+            Ok(ls
+                .lines()
+                .any(|l| l.split_whitespace().nth(1) == Some(service) && l.contains(want)))
+        },
+        || {
+            format!(
+                "{}\n{}",
+                cluster
+                    .node(0)
+                    .berth_ok(&["service", "ps", service])
+                    .unwrap_or_default(),
+                cluster.logs()
+            )
+        },
+    )?;
+    Ok(())
+}
+
+#[test]
+fn services_reach_each_other_through_vips_dns_and_the_routing_mesh() -> anyhow::Result<()> {
+    wait::init_test_logging();
+    let cluster = cluster(2)?;
+    let n0 = cluster.node(0);
+    let image = berth_tests::image::DEFAULT_REF;
+    n0.berth_ok(&["network", "create", "front"])?;
+    n0.berth_ok(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "web",
+        "--network",
+        "front",
+        "--replicas",
+        "3",
+        "-p",
+        "8080:80",
+        image,
+        "sh",
+        "-c",
+        SERVE_HOSTNAME,
+    ])?;
+    n0.berth_ok(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "client",
+        "--network",
+        "front",
+        "--constraint",
+        "node.hostname==node-0",
+        image,
+        "sh",
+        "-c",
+        IDLE,
+    ])?;
+    converge(&cluster, "web", "3/3")?;
+    converge(&cluster, "client", "1/1")?;
+    let spread = nodes_of(&cluster, "web")?;
+    tracing::info!(?spread, "web replicas");
+    let client = container_of(&cluster, 0, "client")?;
+
+    // The VIP answers and reaches every replica (two of them on other nodes).
+    let mut seen = Default::default();
+    wait::wait_until_or_dump(
+        Duration::from_secs(20),
+        "every replica answers through the VIP",
+        || {
+            seen = wget_all(&cluster, 0, &client, "http://web/", 12)?;
+            Ok(seen.len() == 3)
+        },
+        || cluster.logs(),
+    )?;
+    tracing::info!(?seen, "replicas reached through the VIP");
+    // tasks.web lists the three task addresses.
+    let (ok, out) = exec(&cluster, 0, &client, &["nslookup", "tasks.web"])?;
+    assert!(ok, "{out}");
+    let addrs: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("Address: "))
+        .filter(|a| !a.contains(":53") && !a.starts_with("127."))
+        .collect();
+    assert_eq!(addrs.len(), 3, "{out}");
+    assert!(addrs.iter().all(|a| a.starts_with("10.0.1.")), "{out}");
+    let (ok, out) = exec(&cluster, 0, &client, &["nslookup", "nosuchservice"])?;
+    assert!(!ok, "an unknown name resolves: {out}");
+
+    // The published port answers on every node's address, from another host.
+    let addrs: Vec<std::net::Ipv4Addr> = cluster.net().hosts().iter().map(|h| h.addr()).collect();
+    for (i, addr) in addrs.iter().enumerate() {
+        let from = (i + 1) % addrs.len();
+        let mut body = String::new();
+        wait::wait_until_or_dump(
+            Duration::from_secs(10),
+            &format!("port 8080 answers on {addr}"),
+            || {
+                body = http_get(&cluster, from, *addr, 8080)?;
+                Ok(!body.is_empty())
+            },
+            || cluster.logs(),
+        )?;
+        assert!(seen.contains(&body), "{body:?} is not one of {seen:?}");
+    }
+
+    // Scale down: within a second of the task being gone, no request goes to it.
+    n0.berth_ok(&["service", "scale", "-d", "web=2"])?;
+    converge(&cluster, "web", "2/2")?;
+    wait::wait_until(
+        Duration::from_secs(20),
+        "one web task left the node",
+        || Ok(nodes_of(&cluster, "web")?.len() == 2),
+    )?;
+    std::thread::sleep(Duration::from_secs(1));
+    let after = wget_all(&cluster, 0, &client, "http://web/", 12)?;
+    assert!(
+        after.len() <= 2 && after.is_subset(&seen),
+        "{after:?} after scaling to 2 of {seen:?}"
+    );
+    // A node without a replica still answers on the published port (routing mesh).
+    let running = nodes_of(&cluster, "web")?;
+    let empty = (0..3)
+        .find(|i| !running.contains(&format!("node-{i}")))
+        .expect("a node without web");
+    let body = http_get(&cluster, (empty + 1) % 3, addrs[empty], 8080)?;
+    assert!(after.contains(&body) || seen.contains(&body), "{body:?}");
+    for _ in 0..6 {
+        let body = http_get(&cluster, (empty + 1) % 3, addrs[empty], 8080)?;
+        assert!(
+            after.contains(&body),
+            "mesh sent a request to a removed task: {body:?}"
+        );
+    }
+    Ok(())
+}

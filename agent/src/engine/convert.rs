@@ -170,6 +170,9 @@ pub fn container_config(
         )));
     }
     let network = match v1::NetworkMode::try_from(cfg.network_mode) {
+        _ if !cfg.network_namespace.is_empty() => {
+            NetworkMode::Join(PathBuf::from(&cfg.network_namespace))
+        }
         Ok(v1::NetworkMode::Host) => NetworkMode::Host,
         _ => NetworkMode::New,
     };
@@ -307,6 +310,10 @@ mod tests {
         assert_eq!(c.cmd, Some(vec!["echo".to_string(), "hi".to_string()]));
         assert_eq!(c.entrypoint, None);
         assert_eq!(c.rlimits[0].resource, libc::RLIMIT_NOFILE);
+        assert_eq!(c.network, NetworkMode::New);
+        cfg.network_namespace = "/run/berth/netns/t1".into();
+        let c = container_config(&cfg, &img, vec!["/l".into()]).unwrap();
+        assert_eq!(c.network, NetworkMode::Join("/run/berth/netns/t1".into()));
         cfg.ulimits[0].name = "bogus".into();
         assert!(container_config(&cfg, &img, vec![]).is_err());
     }

@@ -27,6 +27,7 @@
 //! - [`NetworkAgent::detach`] leaves no interface, rule, namespace or file of the task.
 
 pub mod dns;
+pub mod follow;
 pub mod netlink;
 pub mod netns;
 pub mod nft;
@@ -42,7 +43,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_proto::v1::{NetworksMessage, Task};
+use berth_proto::v1::{ContainerConfig, Mount, MountType, NetworksMessage, Task};
 use tokio::sync::{Mutex, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -500,6 +501,40 @@ impl NetworkAgent {
             self.reconcile(&mut state, &view).await?;
         }
         tracing::info!(%task_id, "task detached from its networks");
+        Ok(())
+    }
+
+    /// Whether `task` is attached to networks (the allocator gave it addresses).
+    pub fn wants(task: &Task) -> bool {
+        plan::task_net(task).is_some()
+    }
+
+    /// For a task on networks: attaches it ([`Self::attach`]) and points its container's
+    /// `config` at the namespace, and at the resolv.conf and hosts files (bound read-only).
+    /// Other tasks keep their configuration.
+    pub async fn prepare_container(
+        &self,
+        task: &Task,
+        config: &mut ContainerConfig,
+    ) -> Result<(), NetworkError> {
+        if !Self::wants(task) {
+            return Ok(());
+        }
+        let attached = self.attach(task, &config.hostname).await?;
+        config.network_namespace = attached.netns.display().to_string();
+        for (source, target) in [
+            (&attached.resolv_conf, "/etc/resolv.conf"),
+            (&attached.hosts, "/etc/hosts"),
+        ] {
+            config.mounts.retain(|m| m.target != target);
+            config.mounts.push(Mount {
+                r#type: MountType::Bind as i32,
+                source: source.display().to_string(),
+                target: target.into(),
+                read_only: true,
+                ..Default::default()
+            });
+        }
         Ok(())
     }
 

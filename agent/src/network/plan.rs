@@ -479,7 +479,9 @@ pub fn resolv_conf() -> String {
 /// The container's `/etc/hosts`: loopback and its own addresses under `hostname`.
 pub fn hosts(net: &TaskNet, hostname: &str) -> String {
     let mut s = String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
-    if let Some(a) = net.attachments.first() {
+    if let Some(a) = net.attachments.first()
+        && !hostname.is_empty()
+    {
         let _ = writeln!(s, "{}\t{hostname}", a.addr);
     }
     s

@@ -20,9 +20,10 @@
 //! is then detached from the host, so only the container holds them ([`crate::secrets`]).
 //! An executor without a task-files root refuses tasks that use them.
 //!
-//! Not carried out yet: networks (overlay attachments) and published ports are ignored for
-//! now: containers get the engine's default network mode (their own namespace with loopback
-//! only).
+//! A task on overlay networks is attached by the node's data path ([`crate::network`]) before
+//! its container is created: the container joins the prepared namespace and gets the
+//! embedded DNS in `/etc/resolv.conf`; removing the task detaches it. Other tasks get the
+//! engine's default network mode (their own namespace with loopback only).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -39,12 +40,15 @@ use super::executor::{
     Observed,
 };
 use crate::engine::{Engine, EngineError};
+use crate::network::NetworkAgent;
 use crate::secrets::{self, FilesPlan, TaskFiles};
 
 /// Runs tasks on the node's engine (see the module docs).
 #[derive(Debug, Clone)]
 pub struct EngineExecutor {
     engine: Engine,
+    /// The node's data path (`None`: tasks on networks get no attachment).
+    network: Option<NetworkAgent>,
     /// Where tasks' tmpfs mounts are made (`None`: secrets and configs are refused).
     task_files: Option<Arc<PathBuf>>,
 }
@@ -54,8 +58,15 @@ impl EngineExecutor {
     pub fn new(engine: Engine) -> Self {
         EngineExecutor {
             engine,
+            network: None,
             task_files: None,
         }
+    }
+
+    /// Attaches the containers of tasks on overlay networks through `network`.
+    pub fn with_network(mut self, network: NetworkAgent) -> Self {
+        self.network = Some(network);
+        self
     }
 
     /// Delivers secrets and configs through tmpfs mounts made under `root` (a directory of the
@@ -121,6 +132,7 @@ pub fn container_config(task: &Task) -> Result<ContainerConfig, ExecError> {
         stop_signal: spec.stop_signal.clone(),
         stop_grace_period: spec.stop_grace_period,
         network_mode: 0,
+        network_namespace: String::new(),
         ulimits: spec.ulimits.clone(),
         healthcheck: spec.healthcheck.clone(),
         ..ContainerConfig::default()
@@ -157,6 +169,8 @@ fn observed_of(state: i32, pid: i32, exit_code: i32, oom_killed: bool) -> Observ
 
 struct EngineController {
     engine: Engine,
+    /// The data path, and the task, for tasks on networks.
+    network: Option<(NetworkAgent, Box<Task>)>,
     name: String,
     image: String,
     config: Result<ContainerConfig, ExecError>,
@@ -178,6 +192,11 @@ impl EngineController {
             .map_err(|e| ExecError::InvalidSpec(e.to_string()));
         EngineController {
             engine: exec.engine.clone(),
+            network: exec
+                .network
+                .clone()
+                .filter(|_| NetworkAgent::wants(task))
+                .map(|n| (n, Box::new(task.clone()))),
             files,
             task_files: exec.task_files.clone(),
             name: task_name(task),
@@ -212,6 +231,17 @@ impl EngineController {
                 .map_err(|e| ExecError::Failed(format!("writing the task's files: {e}")))?;
         config.mounts.extend(mounts);
         Ok(Some(files))
+    }
+
+    /// Attaches the task to its networks and points `config` at the attachment (nothing for
+    /// tasks without networks).
+    async fn attach(&self, config: &mut ContainerConfig) -> Result<(), ExecError> {
+        if let Some((network, task)) = &self.network {
+            network.prepare_container(task, config).await.map_err(|e| {
+                ExecError::Failed(format!("attaching the task to its networks: {e}"))
+            })?;
+        }
+        Ok(())
     }
 
     /// The container's state, `None` when it does not exist.
@@ -252,6 +282,13 @@ impl Executor for EngineExecutor {
                 .inspect()
                 .await?
                 .map_or(Observed::Missing, |(o, _)| o);
+            if matches!(observed, Observed::Running { .. } | Observed::Created)
+                && let Ok(mut config) = controller.config.clone()
+                && let Err(e) = controller.attach(&mut config).await
+            {
+                // The container keeps running; its DNS and balancing wait for the next try.
+                tracing::warn!(task = %controller.name, error = %e, "re-attaching an adopted task failed");
+            }
             Ok(Adopted {
                 controller: Box::new(controller),
                 observed,
@@ -264,6 +301,7 @@ impl Controller for EngineController {
     fn prepare(&self) -> BoxFuture<'_, Result<(), ExecError>> {
         Box::pin(async move {
             let mut config = self.config.clone()?;
+            self.attach(&mut config).await?;
             if self.inspect().await?.is_some() {
                 return Ok(());
             }
@@ -388,9 +426,15 @@ impl Controller for EngineController {
                 })
                 .await
             {
-                Ok(_) | Err(EngineError::NoSuchContainer(_)) => Ok(()),
-                Err(e) => Err(failed(&e)),
+                Ok(_) | Err(EngineError::NoSuchContainer(_)) => {}
+                Err(e) => return Err(failed(&e)),
             }
+            if let Some((network, task)) = &self.network {
+                network.detach(&task.id).await.map_err(|e| {
+                    ExecError::Failed(format!("detaching the task from its networks: {e}"))
+                })?;
+            }
+            Ok(())
         })
     }
 

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use berth_agent::engine::Engine;
+use berth_agent::network::{NetworkAgent, NetworkConfig};
 use berth_agent::session::{NodeCallback, Session, SessionConfig};
 use berth_agent::worker::{EngineExecutor, Worker, WorkerConfig};
 use berth_proto::identity::NodeCredentials;
@@ -16,6 +17,9 @@ use tokio_util::task::TaskTracker;
 
 /// Where tasks' secrets and configs are mounted (tmpfs, briefly) inside the state directory.
 pub const TASK_FILES_DIR: &str = "agent/task-files";
+
+/// Where the data path keeps namespaces and per-task files, inside the state directory.
+pub const NETWORK_DIR: &str = "agent/network";
 
 /// The running worker and session of this node.
 #[derive(Debug)]
@@ -35,11 +39,22 @@ impl NodeAgent {
         advertise_addr: &str,
         on_node: NodeCallback,
     ) -> anyhow::Result<NodeAgent> {
+        let data_addr = advertise_addr
+            .rsplit_once(':')
+            .map_or(advertise_addr, |(ip, _)| ip)
+            .parse()
+            .ok();
+        let network =
+            NetworkAgent::new(NetworkConfig::new(state_root.join(NETWORK_DIR), data_addr))?;
         let worker = Worker::open(
             WorkerConfig::new(state_root),
-            Arc::new(EngineExecutor::new(engine).with_task_files(state_root.join(TASK_FILES_DIR))),
+            Arc::new(
+                EngineExecutor::new(engine)
+                    .with_network(network.clone())
+                    .with_task_files(state_root.join(TASK_FILES_DIR)),
+            ),
         )?;
-        let mut cfg = SessionConfig::new(managers, credentials, describe(advertise_addr));
+        let mut cfg = SessionConfig::new(managers, credentials.clone(), describe(advertise_addr));
         cfg.managers_file = Some(state_root.join("agent/managers.json"));
         cfg.on_node = Some(on_node);
         let session = Session::new(cfg, worker.handle());
@@ -51,6 +66,15 @@ impl NodeAgent {
                 tracing::error!("worker stopped: {err}");
             }
         });
+        let sessions = session.state();
+        let (net, stop) = (network.clone(), cancel.clone());
+        tasks.spawn(async move { net.run(stop).await });
+        tasks.spawn(berth_agent::network::follow::follow(
+            network,
+            sessions,
+            credentials,
+            cancel.clone(),
+        ));
         let stop = cancel.clone();
         tasks.spawn(async move {
             if let Err(err) = session.run(stop).await {

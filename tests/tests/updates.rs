@@ -364,6 +364,46 @@ fn a_failing_update_pauses_or_rolls_back_with_the_reason() -> anyhow::Result<()>
     Ok(())
 }
 
+#[test]
+fn a_health_check_failing_after_start_rolls_the_update_back() -> anyhow::Result<()> {
+    wait::init_test_logging();
+    let cluster = cluster(1, "worker")?;
+    let node = cluster.node(0);
+    create(node, "hc", "2", LOOP)?;
+    wait_serving(&cluster, 0, "hc", 2)?;
+    // The new tasks start healthy (RUNNING, HEALTHY) and turn unhealthy a second later, within
+    // the 3 s monitor period: the update rolls back.
+    let err = node.berth_err(&[
+        "service",
+        "update",
+        "--args",
+        "sh -c \"trap 'exit 0' TERM; (sleep 1; touch /tmp/sick) & while true; do sleep 0.2; done\"",
+        "--health-cmd",
+        "test ! -e /tmp/sick",
+        "--health-interval",
+        "200ms",
+        "--health-retries",
+        "1",
+        "--update-monitor",
+        "3s",
+        "--update-failure-action",
+        "rollback",
+        "hc",
+    ])?;
+    assert!(
+        err.contains("service update rolled back: rollback completed (update rolled back due to failure or early termination of task hc.1."),
+        "{err}"
+    );
+    let v = inspect(node, "hc")?;
+    assert_eq!(v["UpdateStatus"]["State"], "rollback_completed");
+    assert_eq!(
+        v["Spec"]["TaskTemplate"]["ContainerSpec"]["Args"],
+        serde_json::json!(["sh", "-c", LOOP])
+    );
+    wait_serving(&cluster, 0, "hc", 2)?;
+    Ok(())
+}
+
 /// The index of the node `node ls` (through `via`) marks as Leader.
 fn leader_index(cluster: &TestCluster, via: usize) -> anyhow::Result<usize> {
     let ls = cluster.node(via).berth_ok(&["node", "ls"])?;

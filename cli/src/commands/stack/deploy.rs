@@ -380,7 +380,7 @@ pub async fn apply(
             if notes.is_empty() {
                 Err(err)
             } else {
-                Err(err.context(notes.join("\n")))
+                Err(anyhow::anyhow!("{err:#}\n{}", notes.join("\n")))
             }
         }
     }

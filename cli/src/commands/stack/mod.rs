@@ -138,6 +138,29 @@ mod tests {
     }
 
     #[test]
+    fn the_example_stacks_are_valid() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples");
+        let files = [dir.join("webapp.yml"), dir.join("webapp.prod.yml")];
+        let (stack, warnings) = load::plan(&files, "webapp", &|_| None).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let names: Vec<_> = stack.services.iter().map(|s| s.key.as_str()).collect();
+        assert_eq!(names, ["web", "api", "worker"]);
+        let web = &stack.services[0].spec;
+        assert_eq!(
+            web.mode,
+            Some(berth_proto::v1::service_spec::Mode::Replicated(
+                berth_proto::v1::ReplicatedService { replicas: 4 }
+            )),
+            "the override file wins"
+        );
+        let api = stack.services[1].spec.task.as_ref().unwrap();
+        let env = &api.container.as_ref().unwrap().env;
+        assert_eq!(env, &["GREETING=hello", "LOG_LEVEL=warn"]);
+        assert_eq!(stack.secrets[0].data, b"change-me\n");
+        assert_eq!(stack.networks.len(), 2);
+    }
+
+    #[test]
     fn config_prints_the_merged_interpolated_file() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(

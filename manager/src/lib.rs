@@ -5,6 +5,7 @@ pub mod ca;
 pub mod orchestrator;
 pub mod control;
 pub mod dispatcher;
+pub mod logbroker;
 pub mod manager;
 
 pub mod raft;

@@ -51,6 +51,7 @@ use crate::ca::service::CaService;
 use crate::ca::{CaError, DEFAULT_NODE_CERT_VALIDITY, JoinTokens, RootCa};
 use crate::control::ControlService;
 use crate::dispatcher::{DispatcherService, DispatcherSlot};
+use crate::logbroker::{LogBroker, LogBrokerService, LogsService};
 use crate::raft::{Leadership, NodeId, RaftConfig, RaftNode, RaftNodeError};
 use crate::raft_net::{
     GrpcNetwork, MembershipService, Peers, ProposeError, RaftService, Replica, Timeouts,
@@ -190,6 +191,7 @@ enum JoinState {
 pub struct Manager {
     replica: Arc<Replica>,
     dispatcher: DispatcherSlot,
+    logs: LogBroker,
     keyring: Keyring,
     cluster_id: String,
     creds: RwLock<NodeCredentials>,
@@ -471,6 +473,7 @@ impl Manager {
         }
         let (_, join_state) = watch::channel(join);
         Ok(Manager {
+            logs: LogBroker::new(replica.store().clone()),
             replica,
             dispatcher,
             keyring,
@@ -531,6 +534,10 @@ impl Manager {
             .add_service(KeysService::new(self.replica.clone(), self.keyring.clone()).into_server())
             .add_service(RaftService::new(self.replica.clone()).into_server())
             .add_service(MembershipService::new(self.replica.clone()).into_server())
+            .add_service(LogsService::new(self.logs.clone(), self.replica.clone()).into_server())
+            .add_service(
+                LogBrokerService::new(self.logs.clone(), self.replica.clone()).into_server(),
+            )
     }
 
     /// The TLS configuration to serve [`Manager::routes`] with (this node's certificate,

@@ -7,8 +7,11 @@
 //!   ├─ Session stream:   session id, node object, manager list (kept in Managers)
 //!   ├─ Heartbeat:        at once, then every period the dispatcher answers
 //!   ├─ Assignments:      COMPLETE then INCREMENTAL → WorkerHandle::assign
-//!   └─ UpdateTaskStatus: batches of ≤ 1024 from the StatusReporter; a failed batch is put back
-//! any of the four ends → the session ends → Backoff (100 ms doubling to 8 s, jittered) → dial
+//!   ├─ UpdateTaskStatus: batches of ≤ 1024 from the StatusReporter; a failed batch is put back
+//!   └─ LogBroker (when `logs` is set): log subscriptions served by `crate::logs`; a failed
+//!      listen is retried (1 s, 30 s against a manager without a broker) and never ends
+//!      the session
+//! any of the first four ends → the session ends → Backoff (100 ms doubling to 8 s, jittered) → dial
 //! ```
 //!
 //! After each new session the worker re-queues every task's status, so statuses that were
@@ -36,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
+use crate::logs::{LogPublisher, TaskLogs};
 use crate::worker::WorkerHandle;
 
 pub use peers::{Backoff, Managers};
@@ -82,6 +86,9 @@ pub struct SessionConfig {
     /// Called with this node's object from every session message (berthd renews its
     /// certificate when the managers changed the node's role).
     pub on_node: Option<NodeCallback>,
+    /// Where this node's task logs are read for `berth service logs`; `None` serves no log
+    /// subscriptions (simulated nodes).
+    pub logs: Option<Arc<dyn TaskLogs>>,
 }
 
 /// See [`SessionConfig::on_node`].
@@ -115,6 +122,7 @@ impl SessionConfig {
             backoff_max: Duration::from_secs(8),
             status_batch: 1024,
             on_node: None,
+            logs: None,
         }
     }
 }
@@ -283,7 +291,8 @@ impl Session {
             Ok(c) => c,
             Err(e) => return ended(false, e),
         };
-        let client = DispatcherClient::new(channel).max_decoding_message_size(MAX_MESSAGE_SIZE);
+        let client =
+            DispatcherClient::new(channel.clone()).max_decoding_message_size(MAX_MESSAGE_SIZE);
         let request = SessionRequest {
             description: Some((self.cfg.describe)()),
             session_id: last_session.clone(),
@@ -328,8 +337,28 @@ impl Session {
             e = self.heartbeats(client.clone(), &session_id) => e,
             e = self.assignments(client.clone(), &session_id) => e,
             e = self.send_statuses(client.clone(), &session_id) => e,
+            e = self.serve_logs(channel) => e,
         };
         ended(true, format!("{addr}: {error}"))
+    }
+
+    /// Serves log subscriptions for as long as the session lasts (never ends it).
+    async fn serve_logs(&self, channel: Channel) -> String {
+        let Some(source) = self.cfg.logs.clone() else {
+            return std::future::pending().await;
+        };
+        let publisher = LogPublisher::new(self.worker.clone(), source);
+        loop {
+            let wait = match publisher.listen(channel.clone()).await {
+                Ok(()) => Duration::from_secs(1),
+                Err(s) if s.code() == Code::Unimplemented => Duration::from_secs(30),
+                Err(s) => {
+                    tracing::debug!(error = %s.message(), "log subscriptions: listening failed");
+                    Duration::from_secs(1)
+                }
+            };
+            tokio::time::sleep(wait).await;
+        }
     }
 
     async fn heartbeats(&self, mut client: DispatcherClient<Channel>, session_id: &str) -> String {

@@ -14,6 +14,7 @@ pub mod swarm;
 
 use berth_proto::v1::control_client::ControlClient;
 use berth_proto::v1::local_node_client::LocalNodeClient;
+use berth_proto::v1::logs_client::LogsClient;
 use tonic::transport::Channel;
 
 /// Clients of the local daemon's services, over one unix-socket channel.
@@ -23,6 +24,8 @@ pub struct Daemon {
     pub node: LocalNodeClient<Channel>,
     /// The cluster control API, answered by this node's manager (managers only).
     pub control: ControlClient<Channel>,
+    /// Log subscriptions (`berth service logs`), answered by the managers (managers only).
+    pub logs: LogsClient<Channel>,
 }
 
 impl Daemon {
@@ -31,7 +34,8 @@ impl Daemon {
         let channel = crate::client::connect_channel(host).await?;
         Ok(Self {
             node: LocalNodeClient::new(channel.clone()),
-            control: ControlClient::new(channel),
+            control: ControlClient::new(channel.clone()),
+            logs: LogsClient::new(channel),
         })
     }
 }

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use berth_agent::engine::Engine;
+use berth_agent::logs::EngineLogs;
 use berth_agent::network::{NetworkAgent, NetworkConfig};
 use berth_agent::session::{NodeCallback, Session, SessionConfig};
 use berth_agent::worker::{EngineExecutor, Worker, WorkerConfig};
@@ -46,6 +47,7 @@ impl NodeAgent {
             .ok();
         let network =
             NetworkAgent::new(NetworkConfig::new(state_root.join(NETWORK_DIR), data_addr))?;
+        let engine_for_logs = engine.clone();
         let worker = Worker::open(
             WorkerConfig::new(state_root),
             Arc::new(
@@ -57,6 +59,7 @@ impl NodeAgent {
         let mut cfg = SessionConfig::new(managers, credentials.clone(), describe(advertise_addr));
         cfg.managers_file = Some(state_root.join("agent/managers.json"));
         cfg.on_node = Some(on_node);
+        cfg.logs = Some(Arc::new(EngineLogs::new(engine_for_logs)));
         let session = Session::new(cfg, worker.handle());
         let cancel = CancellationToken::new();
         let tasks = TaskTracker::new();

@@ -33,6 +33,15 @@ impl Forwarded for Control {
     const UNAVAILABLE: &'static str = "This node is not a swarm manager. Worker nodes can't be used to view or modify cluster state. Please run this command on a manager node or promote the current node to a manager.";
 }
 
+/// `berth service logs`: log subscriptions, answered by the managers' log broker.
+#[derive(Debug)]
+pub struct Logs;
+
+impl Forwarded for Logs {
+    const NAME: &'static str = "berth.v1.Logs";
+    const UNAVAILABLE: &'static str = Control::UNAVAILABLE;
+}
+
 /// The channel calls go to; `None` while the node is not a manager.
 #[derive(Debug, Clone, Default)]
 pub struct Target(Arc<RwLock<Option<Channel>>>);

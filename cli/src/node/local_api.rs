@@ -79,7 +79,8 @@ pub async fn serve(
 ) -> Result<(), tonic::transport::Error> {
     tonic::transport::Server::builder()
         .add_service(LocalNodeServer::from_arc(api))
-        .add_service(Forward::<forward::Control>::new(control))
+        .add_service(Forward::<forward::Control>::new(control.clone()))
+        .add_service(Forward::<forward::Logs>::new(control))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), cancel.cancelled_owned())
         .await
 }

@@ -504,6 +504,48 @@ fn secrets_and_configs_reach_containers_on_tmpfs_and_no_disk_in_clear() -> anyho
     )?;
     ensure!(st.trim() == "1000 1000 400", "rotated secret stat: {st}");
 
+    tracing::info!("service update --secret-add / --secret-rm");
+    let extra = marker("berth-extra");
+    berth_stdin_ok(m0, &["secret", "create", "extra", "-"], extra.as_bytes())?;
+    m0.berth_ok(&[
+        "service",
+        "update",
+        "-d",
+        "--secret-add",
+        "source=extra,target=more/extra.txt",
+        "app",
+    ])?;
+    wait::wait_until_or_dump(
+        Duration::from_secs(60),
+        "a container of app reads the added secret next to the rotated one",
+        || {
+            let Some(c) = running_container(worker, "app")? else {
+                return Ok(false);
+            };
+            let added = worker.berth(&["exec", &c, "cat", "/run/secrets/more/extra.txt"])?;
+            let kept = worker.berth(&["exec", &c, "cat", "/run/secrets/db_password"])?;
+            Ok(added.stdout == extra.as_bytes() && kept.stdout == rotated.as_bytes())
+        },
+        || cluster.logs(),
+    )?;
+    let err = m0.berth_err(&["secret", "rm", "extra"])?;
+    ensure!(err.contains("app"), "secret rm of an added secret: {err}");
+    m0.berth_ok(&["service", "update", "-d", "--secret-rm", "extra", "app"])?;
+    wait::wait_until_or_dump(
+        Duration::from_secs(60),
+        "app's container no longer has the removed secret",
+        || {
+            let Some(c) = running_container(worker, "app")? else {
+                return Ok(false);
+            };
+            let gone = worker.berth(&["exec", &c, "test", "-e", "/run/secrets/more/extra.txt"])?;
+            let kept = worker.berth(&["exec", &c, "cat", "/run/secrets/db_password"])?;
+            Ok(!gone.status.success() && kept.stdout == rotated.as_bytes())
+        },
+        || cluster.logs(),
+    )?;
+    m0.berth_ok(&["secret", "rm", "extra"])?;
+
     tracing::info!("no clear secret on any disk; the scan does find clear data");
     let raft0 = m0.state_dir().join("raft");
     let raft1 = m1.state_dir().join("raft");
@@ -532,7 +574,11 @@ fn secrets_and_configs_reach_containers_on_tmpfs_and_no_disk_in_clear() -> anyho
         roots.push(n.state_dir().clone());
     }
     let root_refs: Vec<&Path> = roots.iter().map(PathBuf::as_path).collect();
-    for (what, value) in [("the secret", &secret), ("the rotated secret", &rotated)] {
+    for (what, value) in [
+        ("the secret", &secret),
+        ("the rotated secret", &rotated),
+        ("the added secret", &extra),
+    ] {
         let found = files_holding(value, &root_refs)?;
         ensure!(found.is_empty(), "{what} is on disk in clear: {found:?}");
     }

@@ -65,12 +65,16 @@ fn generated_name() -> anyhow::Result<String> {
     ))
 }
 
-/// Fills in the ids of the secrets and configs the spec names.
-async fn resolve_references(daemon: &mut Daemon, spec: &mut ServiceSpec) -> anyhow::Result<()> {
+/// Fills in the ids of the secrets and configs the spec names by name only (references that
+/// already carry an id keep it: `service update` leaves existing ones alone).
+pub(super) async fn resolve_references(
+    daemon: &mut Daemon,
+    spec: &mut ServiceSpec,
+) -> anyhow::Result<()> {
     let Some(container) = spec.task.as_mut().and_then(|t| t.container.as_mut()) else {
         return Ok(());
     };
-    if !container.secrets.is_empty() {
+    if container.secrets.iter().any(|s| s.secret_id.is_empty()) {
         let names = container
             .secrets
             .iter()
@@ -88,7 +92,11 @@ async fn resolve_references(daemon: &mut Daemon, spec: &mut ServiceSpec) -> anyh
             .map_err(|s| anyhow::anyhow!("looking up --secret: {}", s.message()))?
             .into_inner()
             .secrets;
-        for reference in &mut container.secrets {
+        for reference in container
+            .secrets
+            .iter_mut()
+            .filter(|r| r.secret_id.is_empty())
+        {
             let secret = found
                 .iter()
                 .find(|s| {
@@ -101,7 +109,7 @@ async fn resolve_references(daemon: &mut Daemon, spec: &mut ServiceSpec) -> anyh
             reference.secret_id = secret.id.clone();
         }
     }
-    if !container.configs.is_empty() {
+    if container.configs.iter().any(|c| c.config_id.is_empty()) {
         let names = container
             .configs
             .iter()
@@ -119,7 +127,11 @@ async fn resolve_references(daemon: &mut Daemon, spec: &mut ServiceSpec) -> anyh
             .map_err(|s| anyhow::anyhow!("looking up --config: {}", s.message()))?
             .into_inner()
             .configs;
-        for reference in &mut container.configs {
+        for reference in container
+            .configs
+            .iter_mut()
+            .filter(|r| r.config_id.is_empty())
+        {
             let config = found
                 .iter()
                 .find(|c| {

@@ -15,15 +15,16 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use berth_proto::v1::{
-    ContainerSpec, GetServiceRequest, ListTasksRequest, Placement, PlacementPreference,
-    ServiceSpec, TaskSpec, UpdateServiceRequest, UpdateState, list_tasks_request::Filters,
+    ConfigReference, ContainerSpec, FileTarget, GetServiceRequest, ListTasksRequest, Placement,
+    PlacementPreference, SecretReference, ServiceSpec, TaskSpec, UpdateServiceRequest, UpdateState,
+    list_tasks_request::Filters,
 };
 use clap::Args;
 
 use super::progress::{self, RenderMode, Tracker, WatchOptions};
 use super::spec::{
-    CommonFlags, ShellWords, env_entry, parse_constraint, parse_label, parse_placement_pref,
-    parse_shell_words,
+    CommonFlags, FileReference, ShellWords, env_entry, parse_constraint, parse_file_reference,
+    parse_label, parse_placement_pref, parse_shell_words,
 };
 use super::{Daemon, resolve, status_error};
 
@@ -66,6 +67,18 @@ pub struct UpdateArgs {
     /// Remove a placement preference
     #[arg(long = "placement-pref-rm", value_name = "pref", value_parser = parse_placement_pref)]
     pub placement_pref_rm: Vec<PlacementPreference>,
+    /// Add or update a secret on a service
+    #[arg(long = "secret-add", value_name = "secret", value_parser = parse_file_reference)]
+    pub secret_add: Vec<FileReference>,
+    /// Remove a secret (by name)
+    #[arg(long = "secret-rm", value_name = "list")]
+    pub secret_rm: Vec<String>,
+    /// Add or update a config file on a service
+    #[arg(long = "config-add", value_name = "config", value_parser = parse_file_reference)]
+    pub config_add: Vec<FileReference>,
+    /// Remove a configuration file (by name)
+    #[arg(long = "config-rm", value_name = "list")]
+    pub config_rm: Vec<String>,
     /// Force update even if no changes require it
     #[arg(long)]
     pub force: bool,
@@ -84,6 +97,11 @@ pub struct UpdateArgs {
     /// The service (name, id or unique id prefix)
     #[arg(value_name = "SERVICE")]
     pub service: String,
+}
+
+/// `value`, or `default` when it is empty.
+fn non_empty_or(value: &str, default: &str) -> String {
+    if value.is_empty() { default } else { value }.to_owned()
 }
 
 /// The key of an environment entry (`KEY=VALUE` or `KEY`).
@@ -170,6 +188,42 @@ impl UpdateArgs {
         }
         for key in &self.container_label_rm {
             container.labels.remove(key);
+        }
+        // Secrets and configs: removed by name, then added (an added one replaces any with the
+        // same target); ids of added ones are looked up before the update is sent.
+        container
+            .secrets
+            .retain(|s| !self.secret_rm.contains(&s.secret_name));
+        for add in &self.secret_add {
+            let target = FileTarget {
+                name: non_empty_or(&add.target.name, &add.source),
+                ..add.target.clone()
+            };
+            container
+                .secrets
+                .retain(|s| s.target.as_ref().map(|t| &t.name) != Some(&target.name));
+            container.secrets.push(SecretReference {
+                secret_id: String::new(),
+                secret_name: add.source.clone(),
+                target: Some(target),
+            });
+        }
+        container
+            .configs
+            .retain(|c| !self.config_rm.contains(&c.config_name));
+        for add in &self.config_add {
+            let target = FileTarget {
+                name: non_empty_or(&add.target.name, &format!("/{}", add.source)),
+                ..add.target.clone()
+            };
+            container
+                .configs
+                .retain(|c| c.target.as_ref().map(|t| &t.name) != Some(&target.name));
+            container.configs.push(ConfigReference {
+                config_id: String::new(),
+                config_name: add.source.clone(),
+                target: Some(target),
+            });
         }
         container
             .labels
@@ -309,6 +363,7 @@ pub async fn update(daemon: &mut Daemon, args: UpdateArgs) -> anyhow::Result<()>
     } else {
         let mut spec = service.spec.clone().unwrap_or_default();
         args.apply(&mut spec, &|key| std::env::var(key).ok())?;
+        super::create::resolve_references(daemon, &mut spec).await?;
         daemon
             .control
             .update_service(UpdateServiceRequest {
@@ -372,6 +427,83 @@ mod tests {
             .unwrap()
             .labels
             .insert("old".into(), "x".into());
+        spec
+    }
+
+    #[test]
+    fn secrets_and_configs_are_removed_by_name_then_added() {
+        let mut spec = base();
+        let c = spec.task.as_mut().unwrap().container.as_mut().unwrap();
+        c.secrets = vec![
+            SecretReference {
+                secret_id: "s-old".into(),
+                secret_name: "old".into(),
+                target: Some(FileTarget {
+                    name: "old".into(),
+                    ..Default::default()
+                }),
+            },
+            SecretReference {
+                secret_id: "s-keep".into(),
+                secret_name: "keep".into(),
+                target: Some(FileTarget {
+                    name: "pw".into(),
+                    ..Default::default()
+                }),
+            },
+        ];
+        let out = updated(
+            &spec,
+            &[
+                "--secret-rm",
+                "old",
+                "--secret-add",
+                "source=new,target=pw,uid=1000,mode=0400",
+                "--secret-add",
+                "token",
+                "--config-add",
+                "app",
+            ],
+        )
+        .unwrap();
+        let c = out.task.unwrap().container.unwrap();
+        let secrets: Vec<(&str, &str, &str, &str, u32)> = c
+            .secrets
+            .iter()
+            .map(|s| {
+                let t = s.target.as_ref().unwrap();
+                (
+                    s.secret_id.as_str(),
+                    s.secret_name.as_str(),
+                    t.name.as_str(),
+                    t.uid.as_str(),
+                    t.mode,
+                )
+            })
+            .collect();
+        // "keep" had target pw: replaced by "new"; ids of added ones are looked up later.
+        assert_eq!(
+            secrets,
+            [
+                ("", "new", "pw", "1000", 0o400),
+                ("", "token", "token", "0", 0o444)
+            ]
+        );
+        assert_eq!(c.configs.len(), 1);
+        assert_eq!(c.configs[0].config_name, "app");
+        assert_eq!(c.configs[0].target.as_ref().unwrap().name, "/app");
+        let out = updated(&out_with_config(), &["--config-rm", "app"]).unwrap();
+        assert!(out.task.unwrap().container.unwrap().configs.is_empty());
+    }
+
+    fn out_with_config() -> ServiceSpec {
+        let mut spec = base();
+        let c = spec.task.as_mut().unwrap().container.as_mut().unwrap();
+        c.configs = vec![ConfigReference {
+            config_id: "c1".into(),
+            config_name: "app".into(),
+            target: None,
+        }];
         spec
     }
 

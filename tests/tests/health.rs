@@ -310,56 +310,78 @@ fn an_unhealthy_task_fails_and_the_restart_policy_replaces_it() -> anyhow::Resul
     Ok(())
 }
 
+/// Seconds since the epoch of an RFC 3339 time as `inspect` prints it.
+fn epoch_seconds(v: &Value) -> f64 {
+    berth_agent::engine::parse_rfc3339(v.as_str().unwrap_or_default())
+        .map_or(0.0, |t| t.seconds as f64 + f64::from(t.nanos) / 1e9)
+}
+
 #[test]
 fn a_probe_that_hangs_times_out_and_counts_as_a_failure() -> anyhow::Result<()> {
     wait::init_test_logging();
     let cluster = cluster(0)?;
     let node = cluster.node(0);
-    tracing::info!("phase: a check that sleeps 100 s with a 300 ms timeout");
-    let created = Instant::now();
-    node.berth_ok(&[
-        "service",
-        "create",
-        "-d",
-        "--name",
-        "hang",
-        "--restart-condition",
-        "none",
-        "--health-cmd",
-        "sleep 100",
-        "--health-timeout",
-        "300ms",
-        "--health-interval",
-        "200ms",
-        "--health-retries",
-        "2",
-        DEFAULT_REF,
-        "sh",
-        "-c",
-        LOOP,
-    ])?;
-    let t = wait_task(
-        &cluster,
-        "hang",
-        "the task failed unhealthy",
-        Duration::from_secs(30),
-        |t| field(&t[0], "CurrentState").starts_with("Failed"),
-    )?;
-    let took = created.elapsed();
-    assert!(
-        field(&t[0], "Error").contains("unhealthy container"),
-        "{t:?}"
-    );
-    assert!(
-        took < Duration::from_secs(15),
-        "two timed-out probes fail the task long before the probe's 100 s: {took:?}"
-    );
-    assert!(
-        !t.iter()
-            .any(|x| field(x, "CurrentState").starts_with("Running")),
-        "it never ran healthy: {t:?}"
-    );
-    let c = containers(node, "hang")?;
+    // `sleep 100` is exec'd by the shell itself; `sleep 100 || exit 1` makes the shell fork
+    // it, so the hung process is a grandchild that keeps the probe's output pipes open.
+    for (service, check) in [("hang", "sleep 100"), ("hangfork", "sleep 100 || exit 1")] {
+        tracing::info!(
+            service,
+            check,
+            "phase: a check that hangs, with a 300 ms timeout"
+        );
+        let created = Instant::now();
+        node.berth_ok(&[
+            "service",
+            "create",
+            "-d",
+            "--name",
+            service,
+            "--restart-condition",
+            "none",
+            "--health-cmd",
+            check,
+            "--health-timeout",
+            "300ms",
+            "--health-interval",
+            "200ms",
+            "--health-retries",
+            "2",
+            DEFAULT_REF,
+            "sh",
+            "-c",
+            LOOP,
+        ])?;
+        let t = wait_task(
+            &cluster,
+            service,
+            "the task failed unhealthy",
+            Duration::from_secs(30),
+            |t| field(&t[0], "CurrentState").starts_with("Failed"),
+        )?;
+        let took = created.elapsed();
+        assert!(
+            field(&t[0], "Error").contains("unhealthy container"),
+            "{t:?}"
+        );
+        assert!(
+            took < Duration::from_secs(15),
+            "two timed-out probes fail the task long before the probe's 100 s: {took:?}"
+        );
+        assert!(
+            !t.iter()
+                .any(|x| field(x, "CurrentState").starts_with("Running")),
+            "it never ran healthy: {t:?}"
+        );
+        check_timed_out_probes(node, service)?;
+        tracing::info!(service, ?took, "failed after timed-out probes");
+    }
+    Ok(())
+}
+
+/// The probes of `service`'s container all failed, at least two by timing out, and each was
+/// killed within 700 ms of its start (timeout 300 ms).
+fn check_timed_out_probes(node: &TestNode, service: &str) -> anyhow::Result<()> {
+    let c = containers(node, service)?;
     let c = inspect(node, field(&c[0], "Names"))?;
     let log = c["State"]["Health"]["Log"]
         .as_array()
@@ -368,16 +390,22 @@ fn a_probe_that_hangs_times_out_and_counts_as_a_failure() -> anyhow::Result<()> 
     // Every probe failed; the ones before the container was stopped timed out (a probe
     // racing with the stop may fail to enter the dying container instead).
     assert!(log.iter().all(|p| p["ExitCode"] == -1), "{c}");
-    let timed_out = log
+    let timed_out: Vec<&Value> = log
         .iter()
         .filter(|p| p["Output"] == "Health check exceeded timeout (300ms)")
-        .count();
-    assert!(timed_out >= 2, "{c}");
+        .collect();
+    assert!(timed_out.len() >= 2, "{c}");
+    for probe in timed_out {
+        let took = epoch_seconds(&probe["End"]) - epoch_seconds(&probe["Start"]);
+        assert!(
+            (0.0..0.7).contains(&took),
+            "a probe is killed at its 300 ms timeout; this one took {took:.3} s: {probe}"
+        );
+    }
     assert!(
         c["State"]["Health"]["FailingStreak"].as_i64() >= Some(2),
         "{c}"
     );
-    tracing::info!(?took, "failed after timed-out probes");
     Ok(())
 }
 

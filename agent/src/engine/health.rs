@@ -1,8 +1,10 @@
 //! Health checks of the engine's containers: each container with a check (resolved at
 //! creation from its request and its image, see [`crate::health::config`]) has a slot holding
 //! its health; while it runs, one monitor task probes it by exec-ing the check inside its
-//! namespaces and cgroup (the runtime's `exec_output`, on a blocking thread).
+//! namespaces and cgroup (the runtime's `exec`).
 //!
+//! - A probe is killed at its timeout (its exec helper, which takes the probe process with
+//!   it); nothing waits for processes the probe forked and left behind (as in Docker).
 //! - A monitor starts when the container starts (or, after a daemon restart, when the
 //!   engine adopts it running) and ends when the container exits; at most one per container.
 //! - Inspect and list show the health (`ContainerInfo.health`, `.health_detail`); the task
@@ -11,17 +13,22 @@
 //!   record, so they never outlive the container.
 
 use std::collections::HashMap;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::process::ExitStatusExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use berth_proto::v1::{self, ContainerInfo};
+use tokio::io::AsyncReadExt;
+use tokio::net::unix::pipe;
 use tokio::sync::watch;
 
 use super::{Engine, EngineError, Entry, Inner, error, lock, parse_rfc3339};
+use crate::health::state::MAX_OUTPUT;
 use crate::health::{self, BoxFuture, Health, HealthCheck, ProbeOutcome, Prober};
 use crate::image::ImageConfig;
-use crate::runtime::{ExecConfig, Status};
+use crate::runtime::{ExecConfig, Status, sys};
 
 /// One container's check and health.
 pub(super) struct Slot {
@@ -111,7 +118,94 @@ impl Inner {
     }
 }
 
-/// Runs a check inside one container through the runtime.
+/// How long a probe's output is still read after it exited (a background child of the
+/// probe may keep the pipes open forever).
+const DRAIN: Duration = Duration::from_millis(200);
+
+/// Reads `fd` to its end, keeping the first [`MAX_OUTPUT`] bytes.
+async fn read_capped(fd: Option<OwnedFd>) -> Vec<u8> {
+    let mut kept = Vec::new();
+    let Some(Ok(mut rx)) = fd.map(pipe::Receiver::from_owned_fd) else {
+        return kept;
+    };
+    let mut buf = vec![0u8; 8192];
+    loop {
+        match rx.read(&mut buf).await {
+            Ok(0) | Err(_) => return kept,
+            Ok(n) => {
+                let room = MAX_OUTPUT.saturating_sub(kept.len());
+                kept.extend_from_slice(&buf[..n.min(room)]);
+            }
+        }
+    }
+}
+
+/// Runs `args` in container `id` and kills it at `timeout`. The exec helper's setup runs on
+/// a blocking thread; the wait and the output do not hold one past the timeout, so a probe
+/// whose hung grandchild keeps the pipes open costs nothing once killed.
+async fn run_probe(
+    inner: Arc<Inner>,
+    id: String,
+    args: Vec<String>,
+    timeout: Duration,
+) -> Result<ProbeOutcome, EngineError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let cfg = ExecConfig {
+        args,
+        ..ExecConfig::default()
+    };
+    let process = tokio::task::spawn_blocking(move || inner.runtime.exec(&id, &cfg))
+        .await
+        .map_err(|e| EngineError::Internal(format!("the probe's thread failed: {e}")))??;
+    let mut child = process.child;
+    // The helper: killing it kills the probe (PR_SET_PDEATHSIG), not the probe's children.
+    let helper = sys::pidfd_open(child.id() as i32).ok();
+    let out = child.stdout.take().map(OwnedFd::from);
+    let err = child.stderr.take().map(OwnedFd::from);
+    let mut output = tokio::spawn(async move {
+        let (mut out, err) = tokio::join!(read_capped(out), read_capped(err));
+        out.extend_from_slice(&err);
+        out
+    });
+    let mut waiter = tokio::task::spawn_blocking(move || child.wait());
+    let status = tokio::select! {
+        status = &mut waiter => status,
+        () = tokio::time::sleep_until(deadline) => {
+            if let Some(fd) = &helper {
+                let _ = sys::pidfd_send_signal(fd.as_fd(), libc::SIGKILL);
+            }
+            let _ = waiter.await;
+            output.abort();
+            return Ok(ProbeOutcome::timed_out(timeout));
+        }
+    };
+    let exit_code = match status {
+        Ok(Ok(s)) => match (s.code(), s.signal()) {
+            (Some(c), _) => c,
+            (None, Some(sig)) => 128 + sig,
+            (None, None) => -1,
+        },
+        Ok(Err(e)) => return Err(EngineError::io("waiting for the probe")(e)),
+        Err(e) => {
+            return Err(EngineError::Internal(format!(
+                "the probe's waiter failed: {e}"
+            )));
+        }
+    };
+    let bytes = match tokio::time::timeout(DRAIN, &mut output).await {
+        Ok(Ok(bytes)) => bytes,
+        _ => {
+            output.abort();
+            Vec::new()
+        }
+    };
+    Ok(ProbeOutcome {
+        exit_code,
+        output: String::from_utf8_lossy(&bytes).into_owned(),
+    })
+}
+
+/// Runs a check inside one container, in its namespaces and cgroup (the runtime's exec).
 struct ExecProber {
     inner: Arc<Inner>,
     id: String,
@@ -120,38 +214,18 @@ struct ExecProber {
 
 impl Prober for ExecProber {
     fn probe(&self, args: Vec<String>, timeout: Duration) -> BoxFuture<'_, Option<ProbeOutcome>> {
-        let inner = Arc::clone(&self.inner);
-        let id = self.id.clone();
+        let ran = run_probe(Arc::clone(&self.inner), self.id.clone(), args, timeout);
         Box::pin(async move {
-            let cfg = ExecConfig {
-                args,
-                ..ExecConfig::default()
-            };
-            let ran =
-                tokio::task::spawn_blocking(move || inner.runtime.exec_output(&id, &cfg, timeout))
-                    .await;
-            Some(match ran {
-                Ok(Ok(out)) if out.timed_out => ProbeOutcome::timed_out(timeout),
-                Ok(Ok(out)) => {
-                    let mut output = String::from_utf8_lossy(&out.stdout).into_owned();
-                    output.push_str(&String::from_utf8_lossy(&out.stderr));
-                    ProbeOutcome {
-                        exit_code: out.exit_code,
-                        output,
-                    }
-                }
+            match ran.await {
+                Ok(outcome) => Some(outcome),
                 // Entering a container that is going away fails; that says nothing of its
                 // health.
-                Ok(Err(_)) if self.slot.stopping.load(Ordering::SeqCst) => return None,
-                Ok(Err(e)) => ProbeOutcome {
+                Err(_) if self.slot.stopping.load(Ordering::SeqCst) => None,
+                Err(e) => Some(ProbeOutcome {
                     exit_code: -1,
                     output: error::chain(&e),
-                },
-                Err(e) => ProbeOutcome {
-                    exit_code: -1,
-                    output: format!("the probe's thread failed: {e}"),
-                },
-            })
+                }),
+            }
         })
     }
 }

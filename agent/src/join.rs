@@ -14,14 +14,21 @@
 //!
 //! Renewal ([`renew_once`], [`renew_loop`]): at a random point between 50 % and 80 % of the
 //! certificate's validity ([`berth_proto::identity::renewal`]), or at once when asked (after a
-//! promotion or demotion), send a new CSR authenticated by the current certificate, poll for
-//! the certificate of the new key, verify it (same node and cluster; the role may change), and
+//! promotion or demotion, or when the leader sets the certificate status ROTATE during a root
+//! CA rotation), send a new CSR authenticated by the current certificate, poll for the
+//! certificate of the new key, verify it (same node and cluster; the role may change), and
 //! save it with [`CertDir::save`] (each file replaced atomically, key first).
+//!
+//! Root CA rotation: the certificate answered may be a chain (the certificate, then the
+//! intermediate cross-signing the new root), and the answer carries the trust bundle the node
+//! must use from then on (one root, or the old and the new one). A joining node keeps the
+//! bundle only if it contains the root its token names; a renewing node keeps the bundle the
+//! certificate verifies against (an answer without one keeps the current bundle).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use berth_proto::identity::certs::{CertError, check_key_matches_cert, first_cert_der};
+use berth_proto::identity::certs::{CertError, cert_ders, check_key_matches_cert};
 use berth_proto::identity::renewal::{random_jitter, renewal_delay};
 use berth_proto::identity::{
     CertDir, JoinToken, NodeCredentials, NodeIdentity, Role, TlsError, TokenError,
@@ -243,9 +250,19 @@ async fn join_at(
             return Err(refused(addr, &s));
         }
     };
-    let cert_pem = wait_for_certificate(&mut ca, addr, &node_id, &bundle.key_pem).await?;
+    let issued = wait_for_certificate(&mut ca, addr, &node_id, &bundle.key_pem).await?;
+    // The bundle came over the token-pinned channel; keep it only if it holds the token's root.
+    let ca_pem = match issued.trust_bundle {
+        Some(trusted) if bundle_holds(token, &trusted) => trusted,
+        Some(_) => {
+            return Err(JoinError::BadCertificate(
+                "the trust bundle does not contain the root CA named by the join token".into(),
+            ));
+        }
+        None => ca_pem,
+    };
     let credentials = NodeCredentials {
-        cert_pem,
+        cert_pem: issued.cert_pem,
         key_pem: bundle.key_pem,
         ca_pem,
     };
@@ -268,13 +285,26 @@ async fn join_at(
     }))
 }
 
+/// True when one of the certificates in `bundle` (PEM) is the root `token` names.
+fn bundle_holds(token: &JoinToken, bundle: &str) -> bool {
+    cert_ders(bundle).is_ok_and(|roots| roots.iter().any(|r| token.verify_ca(r).is_ok()))
+}
+
+/// An issued certificate and the trust bundle answered with it.
+struct Issued {
+    /// The certificate, possibly followed by an intermediate (PEM).
+    cert_pem: String,
+    /// The roots to trust (PEM); `None` from a manager that sends none.
+    trust_bundle: Option<String>,
+}
+
 /// Polls the node's certificate until one for `key_pem` is ISSUED.
 async fn wait_for_certificate(
     ca: &mut CaClient<Channel>,
     addr: &str,
     node_id: &str,
     key_pem: &str,
-) -> Result<String, JoinError> {
+) -> Result<Issued, JoinError> {
     let deadline = Instant::now() + ISSUANCE_TIMEOUT;
     loop {
         let mut request = tonic::Request::new(NodeCertificateStatusRequest {
@@ -299,7 +329,16 @@ async fn wait_for_certificate(
                     })?;
                     // An older certificate (before a renewal lands) is for another key.
                     if check_key_matches_cert(key_pem, &pem).is_ok() {
-                        return Ok(pem);
+                        let trust_bundle = (!r.trust_bundle.is_empty())
+                            .then(|| String::from_utf8(r.trust_bundle))
+                            .transpose()
+                            .map_err(|_| {
+                                JoinError::BadCertificate("the trust bundle is not PEM text".into())
+                            })?;
+                        return Ok(Issued {
+                            cert_pem: pem,
+                            trust_bundle,
+                        });
                     }
                 }
             }
@@ -315,8 +354,9 @@ async fn wait_for_certificate(
     }
 }
 
-/// Checks that `creds` hold a certificate for their key, signed by their root CA, valid now,
-/// for node `node_id` (and cluster `cluster_id` when given). Returns its identity.
+/// Checks that `creds` hold a certificate for their key that chains (through the
+/// intermediates that follow it, if any) to a root of their trust bundle, valid now, for node
+/// `node_id` (and cluster `cluster_id` when given). Returns its identity.
 pub fn verify(
     creds: &NodeCredentials,
     node_id: &str,
@@ -338,12 +378,15 @@ pub fn verify(
             identity.cluster_id
         )));
     }
-    let root = first_cert_der(&creds.ca_pem)?;
-    let leaf = first_cert_der(&creds.cert_pem)?;
+    let mut chain = cert_ders(&creds.cert_pem)?.into_iter();
+    let leaf = chain.next().ok_or(CertError::NoCertificate)?;
+    let intermediates: Vec<_> = chain.collect();
     let mut roots = RootCertStore::empty();
-    roots
-        .add(root)
-        .map_err(|e| bad(format!("the root CA is unusable: {e}")))?;
+    for root in cert_ders(&creds.ca_pem)? {
+        roots
+            .add(root)
+            .map_err(|e| bad(format!("the root CA is unusable: {e}")))?;
+    }
     let verifier = WebPkiServerVerifier::builder(Arc::new(roots))
         .build()
         .map_err(|e| bad(format!("cannot build a verifier: {e}")))?;
@@ -351,7 +394,7 @@ pub fn verify(
     let name = ServerName::try_from(node_id.to_owned())
         .map_err(|_| bad(format!("{node_id:?} is not a DNS name")))?;
     verifier
-        .verify_server_cert(&leaf, &[], &name, &[], UnixTime::now())
+        .verify_server_cert(&leaf, &intermediates, &name, &[], UnixTime::now())
         .map_err(|e| bad(format!("it does not verify against the root CA: {e}")))?;
     Ok(identity)
 }
@@ -387,12 +430,12 @@ pub async fn renew_once(
                         None => Err(refused(&addr, &s)),
                     };
                 }
-                let cert_pem =
+                let issued =
                     wait_for_certificate(&mut ca, &addr, &current.node_id, &bundle.key_pem).await?;
                 let renewed = NodeCredentials {
-                    cert_pem,
+                    cert_pem: issued.cert_pem,
                     key_pem: bundle.key_pem,
-                    ca_pem: creds.ca_pem.clone(),
+                    ca_pem: issued.trust_bundle.unwrap_or_else(|| creds.ca_pem.clone()),
                 };
                 verify(&renewed, &current.node_id, Some(&current.cluster_id))?;
                 Ok(Attempt::Done(renewed))

@@ -1,6 +1,7 @@
 //! [`Manager`]: one manager's composition, as `berthd` uses it — the Raft member on sled
 //! under the state directory, the gRPC services it serves on the node's cluster port (CA,
-//! Control, Raft, RaftMembership), and the leader-only role reconciler.
+//! Control, Raft, RaftMembership), and the leader-only role reconciler and root CA rotation
+//! ([`crate::ca::rotation`]).
 //!
 //! Life cycle:
 //! - [`Manager::init_cluster`]: a new cluster (cluster id, root CA, join tokens, a Raft group
@@ -284,6 +285,7 @@ impl Manager {
                 }),
                 ca_config: Some(CaConfig {
                     node_cert_expiry: Some(proto_duration(expiry)),
+                    force_rotate: 0,
                 }),
             }),
             root_ca: Some(WireRootCa {
@@ -294,6 +296,7 @@ impl Manager {
                     worker: tokens.get(Role::Worker).to_string(),
                     manager: tokens.get(Role::Manager).to_string(),
                 }),
+                rotation: None,
             }),
             default_addr_pool: if opts.default_addr_pool.is_empty() {
                 vec!["10.0.0.0/8".into()]
@@ -457,6 +460,11 @@ impl Manager {
         let cancel = CancellationToken::new();
         let tasks = TaskTracker::new();
         tasks.spawn(roles::run(
+            replica.clone(),
+            cancel.clone(),
+            RECONCILE_PERIOD,
+        ));
+        tasks.spawn(crate::ca::rotation::run(
             replica.clone(),
             cancel.clone(),
             RECONCILE_PERIOD,

@@ -188,6 +188,7 @@ impl Ca for FakeCa {
                 cn: id,
                 ..Default::default()
             }),
+            trust_bundle: Vec::new(),
         }))
     }
 

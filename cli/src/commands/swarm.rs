@@ -1,9 +1,17 @@
 //! `berth swarm init|join|join-token|leave|update|ca`.
+//!
+//! `swarm ca --rotate` raises `spec.ca_config.force_rotate`, which starts a root CA rotation
+//! (`berth_manager::ca::rotation`), then, unless `-d`, follows it from the cluster and node
+//! objects (progress on stderr unless `-q`) until it is done, and prints the new root.
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_manager::ca::rotation::{self, Progress};
 use berth_proto::v1::{
-    GetClusterRequest, GetJoinTokensRequest, InfoRequest, ListClustersRequest, NodeAvailability,
-    NodeRole, RotateJoinTokenRequest, SwarmInitRequest, SwarmJoinRequest, SwarmLeaveRequest,
-    UpdateClusterRequest,
+    GetClusterRequest, GetJoinTokensRequest, InfoRequest, ListClustersRequest, ListNodesRequest,
+    NodeAvailability, NodeRole, RotateJoinTokenRequest, SwarmInitRequest, SwarmJoinRequest,
+    SwarmLeaveRequest, UpdateClusterRequest,
 };
 use clap::{Args, Subcommand};
 
@@ -129,6 +137,9 @@ pub struct CaArgs {
     /// Rotate the swarm CA
     #[arg(long)]
     pub rotate: bool,
+    /// Exit immediately instead of waiting for the root rotation to converge
+    #[arg(short, long)]
+    pub detach: bool,
     /// Suppress progress output
     #[arg(short, long)]
     pub quiet: bool,
@@ -331,13 +342,59 @@ async fn update(daemon: &mut Daemon, args: UpdateArgs) -> anyhow::Result<()> {
 
 async fn ca(daemon: &mut Daemon, args: CaArgs) -> anyhow::Result<()> {
     if args.rotate {
-        anyhow::bail!(
-            "root CA rotation is not supported yet: every node would need a new certificate"
-        );
+        let cluster = current_cluster(daemon).await?;
+        let mut spec = cluster.spec.clone().unwrap_or_default();
+        spec.ca_config.get_or_insert_default().force_rotate += 1;
+        daemon
+            .control
+            .update_cluster(UpdateClusterRequest {
+                cluster_id: cluster.id.clone(),
+                cluster_version: cluster.meta.as_ref().map_or(0, |m| m.version),
+                spec: Some(spec),
+            })
+            .await
+            .map_err(status_error)?;
+        if !args.detach {
+            wait_for_rotation(daemon, args.quiet).await?;
+        }
     }
     let cluster = current_cluster(daemon).await?;
     let cert = cluster.root_ca.map(|ca| ca.ca_cert).unwrap_or_default();
     print!("{}", String::from_utf8_lossy(&cert));
-    let _ = args.quiet;
     Ok(())
+}
+
+/// Follows a root rotation until it is done, printing each change of progress on stderr.
+async fn wait_for_rotation(daemon: &mut Daemon, quiet: bool) -> anyhow::Result<()> {
+    let mut shown = None;
+    loop {
+        let cluster = current_cluster(daemon).await?;
+        let nodes: Vec<_> = daemon
+            .control
+            .list_nodes(ListNodesRequest::default())
+            .await
+            .map_err(status_error)?
+            .into_inner()
+            .nodes
+            .into_iter()
+            .map(Arc::new)
+            .collect();
+        let progress = rotation::progress(&cluster, &nodes);
+        if !quiet && shown != Some(progress) {
+            match progress {
+                Progress::Reissuing { reissued, nodes } => {
+                    eprintln!("rotated {reissued}/{nodes} nodes");
+                }
+                Progress::Finishing { finished, nodes } => eprintln!(
+                    "new root CA in use; {finished}/{nodes} nodes no longer trust the old one"
+                ),
+                Progress::Done => eprintln!("root CA rotation complete"),
+            }
+        }
+        if progress == Progress::Done {
+            return Ok(());
+        }
+        shown = Some(progress);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }

@@ -16,8 +16,8 @@ use berth_manager::manager::{InitOptions, Manager, ManagerConfig};
 use berth_proto::identity::Role;
 use berth_proto::identity::{CertDir, NodeCredentials, client_tls_config};
 use berth_proto::v1::{
-    InfoResponse, LocalSwarmState, Node, NodeAvailability, NodeRole, SwarmInitRequest,
-    SwarmJoinRequest,
+    InfoResponse, IssuanceState, LocalSwarmState, Node, NodeAvailability, NodeRole,
+    SwarmInitRequest, SwarmJoinRequest,
 };
 use tokio::net::TcpListener;
 use tokio::sync::{Mutex, Notify, watch};
@@ -375,7 +375,9 @@ impl Swarm {
     }
 
     /// Starts the node's background loops: certificate renewal (at 50-80 % of its validity,
-    /// or at once when the managers changed this node's role) applying each new certificate,
+    /// or at once when the managers changed this node's role or rotate the root CA) applying
+    /// each new certificate (a manager restarts its cluster port with it, so its TLS trusts
+    /// the new trust bundle),
     /// and the agent (worker + session with the dispatcher).
     fn start_renewal(self: &Arc<Self>, active: &mut Active) {
         let creds = match self.cert_dir().load() {
@@ -415,10 +417,20 @@ impl Swarm {
                 }
             }
         });
-        // The managers changed this node's role (promote/demote): renew now to get a
-        // certificate with the new role.
+        // The managers changed this node's role (promote/demote), or a root CA rotation asks
+        // for a new certificate (status ROTATE): renew now.
         let role_watch = agent_creds.clone();
         let on_node: NodeCallback = Arc::new(move |node: &Node| {
+            let rotate = node
+                .certificate
+                .as_ref()
+                .and_then(|c| c.status.as_ref())
+                .is_some_and(|s| s.state == IssuanceState::Rotate as i32);
+            if rotate {
+                tracing::info!("the managers are rotating the root CA; renewing");
+                renew_now.notify_one();
+                return;
+            }
             let current = role_watch
                 .borrow()
                 .identity()

@@ -13,13 +13,13 @@
 //! skew and `not_after` capped at the root's own expiry. See `berth_proto::identity` for the
 //! node side (tokens, TLS configs, role checks, renewal schedule).
 //!
-//! Limitation — root rotation: [`RootCa::rotate`] makes a fresh, unrelated root. There is no
-//! cross-signed intermediate (Swarm's `ca --rotate` has one), so certificates issued by the
-//! old root do not verify against the new one: a caller switching roots must re-issue every
-//! node certificate and distribute the new root before dropping the old one, and nodes that
-//! miss the switch must rejoin. Join tokens change too, since they carry the root's digest.
+//! Root rotation: [`RootCa::rotate`] makes a fresh root and the intermediate that cross-signs
+//! it with the current root (same subject and key as the new root, issued by the old one), so
+//! a certificate the new root signs, sent with that intermediate, verifies against either
+//! root. [`rotation`] runs the cluster-wide procedure (re-issue every node, then swap roots).
 
 pub mod join;
+pub mod rotation;
 pub mod service;
 
 #[cfg(test)]
@@ -335,9 +335,41 @@ impl RootCa {
         })
     }
 
-    /// A new, unrelated root CA. See the module docs for what rotation does not do.
-    pub fn rotate(&self) -> Result<RootCa, CaError> {
-        RootCa::generate()
+    /// A new root CA, and the intermediate (PEM) that cross-signs it with this root: the new
+    /// root's subject and key, issued by this root, valid until the earlier of the two roots'
+    /// expiries. See [`rotation`].
+    pub fn rotate(&self) -> Result<(RootCa, String), CaError> {
+        let new = RootCa::generate()?;
+        let cross = self.cross_sign(&new)?;
+        Ok((new, cross))
+    }
+
+    /// Signs `other`'s subject and public key as a CA certificate issued by this root.
+    fn cross_sign(&self, other: &RootCa) -> Result<String, CaError> {
+        let now = SystemTime::now();
+        let not_before = now.checked_sub(BACKDATE).unwrap_or(now);
+        let not_after = self.not_after.min(other.not_after);
+        let mut params = rcgen::CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, ROOT_CA_COMMON_NAME);
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        params.serial_number = Some(random_serial()?);
+        set_validity(&mut params, not_before, not_after)?;
+        let cert = params
+            .signed_by(other.issuer.key(), &self.issuer)
+            .map_err(|source| CaError::Generate {
+                what: "cross-signed root CA certificate",
+                source,
+            })?;
+        Ok(cert.pem())
     }
 }
 
@@ -679,12 +711,35 @@ mod tests {
     }
 
     #[test]
-    fn rotate_makes_a_new_root_with_a_new_digest() {
+    fn rotate_makes_a_new_root_and_a_cross_signed_intermediate() {
         let ca = RootCa::generate().expect("ca");
-        let rotated = ca.rotate().expect("rotate");
+        let (rotated, cross) = ca.rotate().expect("rotate");
         assert_ne!(rotated.digest(), ca.digest());
         let token = ca.new_join_token().expect("token");
         token.verify_ca(ca.cert_pem().as_bytes()).expect("own root");
         assert!(token.verify_ca(rotated.cert_pem().as_bytes()).is_err());
+
+        // The intermediate: the new root's subject and key, issued (signed) by the old root.
+        let cross_der = first_cert_der(&cross).expect("der");
+        let (_, x) = x509_parser::parse_x509_certificate(cross_der.as_ref()).expect("parse");
+        let (_, new_root) = x509_parser::parse_x509_certificate(rotated.cert_der()).expect("new");
+        let (_, old_root) = x509_parser::parse_x509_certificate(ca.cert_der()).expect("old");
+        assert!(x.is_ca());
+        assert_eq!(x.subject().as_raw(), new_root.subject().as_raw());
+        assert_eq!(x.public_key().raw, new_root.public_key().raw);
+        assert_eq!(x.issuer().as_raw(), old_root.subject().as_raw());
+        assert!(certs::is_signed_by(cross_der.as_ref(), ca.cert_der()));
+        assert!(!certs::is_signed_by(cross_der.as_ref(), rotated.cert_der()));
+        assert!(x.validity().not_after.timestamp() <= old_root.validity().not_after.timestamp());
+
+        // A leaf of the new root verifies with the new root's key, and so through the
+        // intermediate (same key) up to the old root.
+        let leaf = rotated
+            .issue_node_credentials("n1", Role::Worker, "c", DEFAULT_NODE_CERT_VALIDITY)
+            .expect("leaf");
+        let leaf_der = first_cert_der(&leaf.cert_pem).expect("leaf der");
+        assert!(certs::is_signed_by(leaf_der.as_ref(), rotated.cert_der()));
+        assert!(certs::is_signed_by(leaf_der.as_ref(), cross_der.as_ref()));
+        assert!(!certs::is_signed_by(leaf_der.as_ref(), ca.cert_der()));
     }
 }

@@ -99,6 +99,7 @@ impl Ca for TestCa {
                 cn: node_id,
                 ..Default::default()
             }),
+            trust_bundle: Vec::new(),
         }))
     }
 
@@ -516,5 +517,111 @@ async fn rotated_token_replaces_the_old_secret() -> anyhow::Result<()> {
     assert_eq!(status.code(), Code::PermissionDenied);
     assert!(status.message().contains("secret"), "{}", status.message());
     assert_eq!(join(&fx, &new).await?.identity()?.role, Role::Worker);
+    Ok(())
+}
+
+/// The three credential shapes of a root rotation: before it (old root), re-issued during it
+/// (new root's certificate + cross-signed intermediate, both roots trusted) and after it (new
+/// root alone).
+struct RotationStages {
+    old: std::sync::Arc<RootCa>,
+    new: std::sync::Arc<RootCa>,
+    cross: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    Before,
+    During,
+    After,
+}
+
+impl RotationStages {
+    fn new() -> anyhow::Result<Self> {
+        let old = RootCa::generate()?;
+        let (new, cross) = old.rotate()?;
+        Ok(Self {
+            old: std::sync::Arc::new(old),
+            new: std::sync::Arc::new(new),
+            cross,
+        })
+    }
+
+    fn creds(&self, stage: Stage, node_id: &str, role: Role) -> anyhow::Result<NodeCredentials> {
+        let v = DEFAULT_NODE_CERT_VALIDITY;
+        Ok(match stage {
+            Stage::Before => self.old.issue_node_credentials(node_id, role, CLUSTER, v)?,
+            Stage::During => {
+                let mut c = self.new.issue_node_credentials(node_id, role, CLUSTER, v)?;
+                c.cert_pem = format!("{}{}", c.cert_pem, self.cross);
+                c.ca_pem = format!("{}{}", self.old.cert_pem(), self.new.cert_pem());
+                c
+            }
+            Stage::After => self.new.issue_node_credentials(node_id, role, CLUSTER, v)?,
+        })
+    }
+}
+
+#[tokio::test]
+async fn rotation_stages_interoperate_over_mutual_tls() -> anyhow::Result<()> {
+    use Stage::{After, Before, During};
+    let stages = RotationStages::new()?;
+    // Which (server, client) pairs must work: any two stages that coexist in a cluster.
+    // Before/After never coexist among live nodes, and must refuse each other: a node that
+    // finished the rotation no longer trusts the old root.
+    let table = [
+        (Before, Before, true),
+        (Before, During, true),
+        (During, Before, true),
+        (During, During, true),
+        (During, After, true),
+        (After, During, true),
+        (After, After, true),
+        (Before, After, false),
+        (After, Before, false),
+    ];
+    for (server_stage, client_stage, works) in table {
+        let server = stages.creds(server_stage, "manager0", Role::Manager)?;
+        let fx = Fixture::start_with(stages.old.clone(), &server).await?;
+        let client = stages.creds(client_stage, "manager1", Role::Manager)?;
+        let result = match fx.channel(client_tls_config(&client)?).await {
+            Ok(channel) => raft_vote(channel).await.map_err(|s| format!("{s:?}")),
+            Err(e) => Err(format!("{e:?}")),
+        };
+        match (works, result) {
+            (true, Ok(echo)) => assert_eq!(echo, "manager1"),
+            (true, Err(e)) => panic!("server {server_stage:?} / client {client_stage:?}: {e}"),
+            (false, Ok(_)) => {
+                panic!("server {server_stage:?} accepted client {client_stage:?}")
+            }
+            (false, Err(_)) => {}
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn join_tokens_of_either_root_pin_a_manager_during_a_rotation() -> anyhow::Result<()> {
+    let stages = RotationStages::new()?;
+    let old_token = stages.old.new_join_token()?;
+    let new_token = stages.new.new_join_token()?;
+    let pinned = |fx: &Fixture, token: &JoinToken| -> anyhow::Result<Endpoint> {
+        Ok(join_endpoint(fx.endpoint()?, token)?)
+    };
+    // During: the server presents both roots, so tokens naming either one connect.
+    let server = stages.creds(Stage::During, "manager0", Role::Manager)?;
+    let fx = Fixture::start_with(stages.old.clone(), &server).await?;
+    pinned(&fx, &old_token)?.connect().await?;
+    pinned(&fx, &new_token)?.connect().await?;
+    // After: only the new root is presented; a token naming the old one is refused.
+    let server = stages.creds(Stage::After, "manager0", Role::Manager)?;
+    let fx = Fixture::start_with(stages.new.clone(), &server).await?;
+    pinned(&fx, &new_token)?.connect().await?;
+    let err = pinned(&fx, &old_token)?
+        .connect()
+        .await
+        .expect_err("old token after the swap");
+    let text = format!("{err:?}");
+    assert!(text.contains("root CA named by the join token"), "{text}");
     Ok(())
 }

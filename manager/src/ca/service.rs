@@ -13,6 +13,11 @@
 //!   removed nodes); the new certificate carries the Node object's current role, so a
 //!   promotion or demotion takes effect at the next renewal.
 //!
+//! Root CA rotation ([`super::rotation`]): while one runs, Issue and Renew sign with the new
+//! root and store the certificate followed by the cross-signed intermediate, and
+//! NodeCertificateStatus answers the trust bundle (the cluster's root, plus the new root while
+//! a rotation runs) next to the certificate, which the node then trusts.
+//!
 //! Issue and Renew sign and write, so they run on the leader only (whose replica has every
 //! committed token rotation and removal applied): a follower answers UNAVAILABLE with the
 //! leader's address in the `berth-leader-addr` metadata and the node retries there. The root
@@ -36,7 +41,8 @@ use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
 use super::join::{JoinError, JoinTokens};
-use super::{CaError, DEFAULT_NODE_CERT_VALIDITY, RootCa};
+use super::rotation::{Signer, trust_bundle};
+use super::{CaError, DEFAULT_NODE_CERT_VALIDITY};
 use crate::control::status::propose_status;
 use crate::raft_net::Replica;
 use crate::store::StoreActions;
@@ -86,14 +92,8 @@ pub fn cert_validity(cluster: &Cluster) -> Duration {
 }
 
 /// The cluster's signer, rebuilt from the cluster object.
-fn signer(cluster: &Cluster) -> Result<RootCa, Status> {
-    let ca = cluster
-        .root_ca
-        .as_ref()
-        .ok_or_else(|| Status::internal("the cluster object has no root CA"))?;
-    let cert = String::from_utf8_lossy(&ca.ca_cert);
-    let key = String::from_utf8_lossy(&ca.ca_key);
-    RootCa::from_pem(&cert, &key).map_err(|e| Status::internal(e.to_string()))
+fn signer(cluster: &Cluster) -> Result<Signer, Status> {
+    Signer::of(cluster).map_err(|e| Status::internal(e.to_string()))
 }
 
 fn token_pair(cluster: &Cluster) -> Result<JoinTokens, Status> {
@@ -265,9 +265,14 @@ impl Ca for CaService {
                     return Err(Status::not_found(format!("node {node_id} not found")));
                 }
                 let status = certificate.as_ref().and_then(|c| c.status.clone());
+                let trust_bundle = self
+                    .cluster()
+                    .map(|c| trust_bundle(&c).into_bytes())
+                    .unwrap_or_default();
                 return Ok(Response::new(NodeCertificateStatusResponse {
                     status,
                     certificate,
+                    trust_bundle,
                 }));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;

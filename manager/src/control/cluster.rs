@@ -4,24 +4,39 @@
 //! Rotating a token is a read-modify-write of the cluster object; once it returns, the CA
 //! (which runs on the leader and checks tokens against the cluster object there) refuses the
 //! old token.
+//!
+//! Raising `spec.ca_config.force_rotate` in an update starts a root CA rotation in the same
+//! write ([`crate::ca::rotation::begin`]); the leader carries it out from there. It is refused
+//! while one runs.
 
 use std::time::Duration;
 
 use berth_proto::identity::{JoinToken, Role};
-use berth_proto::v1::{Cluster, GetRaftStatusResponse, JoinTokens, UpdateClusterRequest};
+use berth_proto::v1::{
+    Cluster, ClusterSpec, GetRaftStatusResponse, JoinTokens, UpdateClusterRequest,
+};
 
 use super::status::ControlError;
+use crate::ca::rotation::{self, RotationError};
 use crate::ca::{JoinTokens as TokenPair, MIN_NODE_CERT_VALIDITY};
 use crate::raft_net::Replica;
 use crate::store::{StoreActions, StoreObject};
 
-/// The cluster object as users see it: without the CA's private key.
+/// The cluster object as users see it: without the CA's private keys.
 pub fn redact(cluster: &Cluster) -> Cluster {
     let mut c = cluster.clone();
     if let Some(ca) = c.root_ca.as_mut() {
         ca.ca_key.clear();
+        if let Some(rotation) = ca.rotation.as_mut() {
+            rotation.ca_key.clear();
+        }
     }
     c
+}
+
+fn force_rotate(spec: Option<&ClusterSpec>) -> u64 {
+    spec.and_then(|s| s.ca_config.as_ref())
+        .map_or(0, |c| c.force_rotate)
 }
 
 /// The cluster with this id.
@@ -83,6 +98,16 @@ pub async fn update(replica: &Replica, req: UpdateClusterRequest) -> Result<Clus
         .get::<Cluster>(&req.cluster_id)
         .ok_or_else(|| ControlError::not_found("cluster", &req.cluster_id))?;
     let mut cluster = (*stored).clone();
+    if force_rotate(Some(&spec)) > force_rotate(stored.spec.as_ref()) {
+        let rotation = rotation::begin(&stored).map_err(|e| match e {
+            RotationError::InProgress => ControlError::FailedPrecondition(e.to_string()),
+            other => ControlError::Internal(other.to_string()),
+        })?;
+        if let Some(ca) = cluster.root_ca.as_mut() {
+            ca.rotation = Some(rotation);
+        }
+        tracing::info!(cluster_id = %cluster.id, "root CA rotation started");
+    }
     cluster.meta_mut().version = req.cluster_version;
     cluster.spec = Some(spec);
     let mut batch = StoreActions::new();

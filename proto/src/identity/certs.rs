@@ -11,6 +11,12 @@
 //! and a CSR; the CA ignores everything in the CSR but the public key (and its
 //! proof-of-possession signature) and writes subject, SANs and validity itself.
 //!
+//! Root CA rotation (`berth swarm ca --rotate`, see `berth_manager::ca::rotation`) shapes the
+//! files: `node.crt` is the node certificate, followed during a rotation by the intermediate
+//! that cross-signs the new root with the old one; `ca.crt` is a *trust bundle* of one root, or
+//! two (old and new) while a rotation runs. [`cert_ders`] reads every certificate of such a
+//! file and [`is_signed_by`] tells which root signed a certificate.
+//!
 //! [`CertDir`] keeps a node's `node.crt`, `node.key` and `ca.crt` in one directory. Key files
 //! are created with mode 0600 (never widened afterwards) and every file is replaced
 //! atomically (temp file, fsync, rename); loading refuses a key readable by group or others
@@ -234,6 +240,32 @@ pub fn first_cert_der(pem: &str) -> Result<CertificateDer<'static>, CertError> {
         .map_err(|_| CertError::NoCertificate)
 }
 
+/// The DER of every certificate in a PEM string, in order (a chain or a trust bundle); an
+/// error when there is none or one is not valid PEM.
+pub fn cert_ders(pem: &str) -> Result<Vec<CertificateDer<'static>>, CertError> {
+    let ders = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| CertError::NoCertificate)?;
+    if ders.is_empty() {
+        return Err(CertError::NoCertificate);
+    }
+    Ok(ders)
+}
+
+/// True when `issuer` (DER) signed `cert` (DER): the certificate names the issuer's subject as
+/// its issuer and its signature verifies with the issuer's public key. False for anything
+/// unparsable.
+pub fn is_signed_by(cert: &[u8], issuer: &[u8]) -> bool {
+    let (Ok((_, cert)), Ok((_, issuer))) = (
+        x509_parser::parse_x509_certificate(cert),
+        x509_parser::parse_x509_certificate(issuer),
+    ) else {
+        return false;
+    };
+    cert.issuer().as_raw() == issuer.subject().as_raw()
+        && cert.verify_signature(Some(issuer.public_key())).is_ok()
+}
+
 /// A fresh node key and a CSR carrying its public key.
 #[derive(Clone)]
 pub struct CsrBundle {
@@ -292,14 +324,16 @@ pub fn check_key_matches_cert(key_pem: &str, cert_pem: &str) -> Result<(), CertE
     }
 }
 
-/// Everything a node needs for mutual TLS: its certificate, its key and the root CA.
+/// Everything a node needs for mutual TLS: its certificate, its key and the roots it trusts.
 #[derive(Clone)]
 pub struct NodeCredentials {
-    /// The node certificate (PEM).
+    /// The node certificate (PEM), followed during a root rotation by the cross-signed
+    /// intermediate; the whole chain is presented in TLS handshakes.
     pub cert_pem: String,
     /// The node's private key (PKCS#8 PEM).
     pub key_pem: String,
-    /// The cluster's root CA certificate (PEM).
+    /// The trust bundle (PEM): the cluster's root CA certificate, and during a root rotation
+    /// also the new root.
     pub ca_pem: String,
 }
 
@@ -321,7 +355,8 @@ impl NodeCredentials {
     }
 }
 
-/// A node's certificate directory: `node.crt`, `node.key` (0600) and `ca.crt`.
+/// A node's certificate directory: `node.crt` (certificate chain), `node.key` (0600) and
+/// `ca.crt` (trust bundle).
 #[derive(Clone, Debug)]
 pub struct CertDir {
     dir: PathBuf,
@@ -715,6 +750,45 @@ mod tests {
         })
         .expect("save");
         assert!(matches!(dir.load(), Err(CertError::KeyMismatch)));
+    }
+
+    fn ca(cn: &str) -> (rcgen::Certificate, rcgen::Issuer<'static, rcgen::KeyPair>) {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        let mut params = rcgen::CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let cert = params.self_signed(&key).expect("ca");
+        (cert, rcgen::Issuer::new(params, key))
+    }
+
+    #[test]
+    fn bundles_split_and_signatures_name_their_root() {
+        // Two roots with the same name, as before and after a rotation.
+        let (old, old_issuer) = ca("berth-ca");
+        let (new, _) = ca("berth-ca");
+        let leaf_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        let leaf = rcgen::CertificateParams::new(vec!["n1".to_owned()])
+            .expect("params")
+            .signed_by(&leaf_key, &old_issuer)
+            .expect("leaf");
+        assert!(is_signed_by(leaf.der(), old.der()));
+        assert!(!is_signed_by(leaf.der(), new.der()), "same name, other key");
+        assert!(is_signed_by(old.der(), old.der()), "self-signed");
+        assert!(!is_signed_by(b"junk", old.der()));
+
+        let bundle = format!("{}{}", old.pem(), new.pem());
+        let ders = cert_ders(&bundle).expect("bundle");
+        assert_eq!(ders.len(), 2);
+        assert_eq!(ders[0].as_ref(), old.der().as_ref());
+        assert_eq!(ders[1].as_ref(), new.der().as_ref());
+        assert_eq!(
+            first_cert_der(&bundle).expect("first").as_ref(),
+            old.der().as_ref()
+        );
+        assert!(matches!(cert_ders("no pem"), Err(CertError::NoCertificate)));
     }
 
     #[test]

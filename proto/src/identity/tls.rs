@@ -1,8 +1,9 @@
 //! Mutual-TLS configuration for node-to-node gRPC, and per-call authorization.
 //!
 //! Transport rules (every TCP listener of `berthd` uses [`server_tls_config`]):
-//! - The server presents its node certificate followed by the root CA, and asks every client
-//!   for a certificate signed by that root CA. A client certificate is *optional* at the TLS
+//! - The server presents its certificate chain followed by its trust bundle, and asks every
+//!   client for a certificate that chains to a root of that bundle. A client certificate is
+//!   *optional* at the TLS
 //!   layer (rustls `WebPkiClientVerifier::allow_unauthenticated`, tonic
 //!   `client_auth_optional(true)`) because a joining node has none yet and must still reach
 //!   the CA's join RPC. A certificate that is presented is fully verified: signed by the
@@ -11,7 +12,12 @@
 //! - Therefore every RPC except the CA's join/root-CA calls starts with [`require_role`],
 //!   which refuses a caller without a certificate (`Unauthenticated`), with a removed node id
 //!   ([`IsRemoved`], `PermissionDenied`), or with the wrong role (`PermissionDenied`).
-//! - Clients trust only the root CA and check the server name [`MANAGER_SERVER_NAME`]
+//! - Root CA rotation: the trust bundle ([`NodeCredentials::ca_pem`]) holds one root, or two
+//!   (old and new) while `berth swarm ca --rotate` runs; a certificate signed by the new root
+//!   travels with the intermediate that cross-signs the new root with the old one, so a peer
+//!   that still trusts only the old root verifies it too. Every configuration here takes all
+//!   roots of the bundle and the whole chain, so nodes can renew in any order.
+//! - Clients trust only the bundle's roots and check the server name [`MANAGER_SERVER_NAME`]
 //!   (`berth-manager`): every manager certificate carries that DNS SAN (see
 //!   [`super::certs`]), so any manager can be dialled by IP and a worker cannot pose as one.
 //! - A node that has only a join token dials with [`join_endpoint`]: the server is trusted
@@ -83,8 +89,9 @@ fn check_ca_pem(ca_pem: &str) -> Result<(), TlsError> {
         .map_err(|_| TlsError::NoCaCertificate)
 }
 
-/// Server side: presents `creds` (certificate + root CA chain), verifies client certificates
-/// against the root CA, and accepts clients without a certificate (see module docs).
+/// Server side: presents `creds` (certificate chain + trust bundle), verifies client
+/// certificates against the bundle's roots, and accepts clients without a certificate (see
+/// module docs).
 pub fn server_tls_config(creds: &NodeCredentials) -> Result<ServerTlsConfig, TlsError> {
     creds.identity()?;
     check_ca_pem(&creds.ca_pem)?;
@@ -100,8 +107,8 @@ pub fn server_tls_config(creds: &NodeCredentials) -> Result<ServerTlsConfig, Tls
         .timeout(HANDSHAKE_TIMEOUT))
 }
 
-/// Client side for a node with credentials: trusts only the root CA, presents the node
-/// certificate, and expects the server to be a manager ([`MANAGER_SERVER_NAME`]). Call
+/// Client side for a node with credentials: trusts only the bundle's roots, presents the
+/// node's certificate chain, and expects the server to be a manager ([`MANAGER_SERVER_NAME`]). Call
 /// `.domain_name(..)` on the result to dial another kind of server.
 pub fn client_tls_config(creds: &NodeCredentials) -> Result<ClientTlsConfig, TlsError> {
     creds.identity()?;

@@ -11,7 +11,8 @@
 //! 3. every service whose spec uses `old` gets a new spec using the new id (previous spec =
 //!    the old one, as a service update does), which the orchestrator rolls out.
 //!
-//! Object versions are checked: a rotation based on a stale read fails "out of sequence".
+//! Object versions are checked: a rotation based on a stale read of the object fails "out of
+//! sequence"; one that raced a write of a service it moves is rebuilt and retried.
 
 use std::collections::HashSet;
 
@@ -20,8 +21,8 @@ use berth_proto::v1::{Annotations, Config, ContainerSpec, Secret, Service};
 
 use super::filters::{id_matches, labels_match, name_matches};
 use super::status::ControlError;
-use crate::raft_net::Replica;
-use crate::store::{Object, ObjectKind, StoreActions, StoreObject, Tables};
+use crate::raft_net::{ProposeError, Replica};
+use crate::store::{Object, ObjectKind, StoreActions, StoreError, StoreObject, Tables};
 
 /// A secret or a config.
 pub trait Payload: StoreObject + Into<Object> {
@@ -202,16 +203,52 @@ pub struct Rotated {
     pub service_ids: Vec<String>,
 }
 
+/// How many times a rotation is rebuilt when a service it moves was written meanwhile (the
+/// orchestrators write services too: update status, endpoints).
+const ROTATE_ATTEMPTS: usize = 5;
+
 /// Rotates `old_id` (read at `version`): see the module docs. `make_new(id, annotations)`
 /// builds the new object with its data.
 pub async fn rotate<T: Payload>(
     replica: &Replica,
     old_id: &str,
     version: u64,
-    make_new: impl FnOnce(&str, Annotations) -> Result<T, ControlError>,
+    make_new: impl Fn(&str, Annotations) -> Result<T, ControlError>,
 ) -> Result<Rotated, ControlError> {
     let new_id = ids::try_new_id().map_err(|e| ControlError::Internal(e.to_string()))?;
-    let (batch, service_ids) = replica.store().view(|t| -> Result<_, ControlError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let (batch, service_ids) = rotation_batch(replica, old_id, version, &new_id, &make_new)?;
+        match replica.propose_and_wait(&batch).await {
+            Ok(_) => {
+                return Ok(Rotated {
+                    id: new_id,
+                    service_ids,
+                });
+            }
+            Err(ProposeError::Refused(e))
+                if attempt < ROTATE_ATTEMPTS
+                    && matches!(e.first(), Some(StoreError::OutOfSequence { .. })) =>
+            {
+                // A service moved meanwhile: let this replica see it, then rebuild (the
+                // rotated object's own version is checked again on the rebuild).
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// The one batch of a rotation, from the current store (see the module docs).
+fn rotation_batch<T: Payload>(
+    replica: &Replica,
+    old_id: &str,
+    version: u64,
+    new_id: &str,
+    make_new: &impl Fn(&str, Annotations) -> Result<T, ControlError>,
+) -> Result<(StoreActions, Vec<String>), ControlError> {
+    replica.store().view(|t| -> Result<_, ControlError> {
         let old = t
             .get::<T>(old_id)
             .ok_or_else(|| ControlError::not_found(T::WHAT, old_id))?;
@@ -232,7 +269,7 @@ pub async fn rotate<T: Payload>(
             .labels
             .insert(T::previous_label(), old_id.to_owned());
         annotations.name = name.clone();
-        let new = make_new(&new_id, annotations)?;
+        let new = make_new(new_id, annotations)?;
 
         // The services after the rotation.
         let mut services: Vec<Service> = t.list::<Service>().iter().map(|s| (**s).clone()).collect();
@@ -244,7 +281,7 @@ pub async fn rotate<T: Payload>(
             }
             let mut spec = s.spec.clone().unwrap_or_default();
             if let Some(c) = spec.task.as_mut().and_then(|t| t.container.as_mut()) {
-                T::retarget(c, old_id, &new_id);
+                T::retarget(c, old_id, new_id);
             }
             s.previous_spec = s.spec.replace(spec);
             s.previous_spec_version = s.spec_version;
@@ -289,11 +326,6 @@ pub async fn rotate<T: Payload>(
             batch.update(s);
         }
         Ok((batch, moved))
-    })?;
-    replica.propose_and_wait(&batch).await?;
-    Ok(Rotated {
-        id: new_id,
-        service_ids,
     })
 }
 

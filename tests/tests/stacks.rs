@@ -1,8 +1,9 @@
 //! Stacks from Compose files on real daemons, real containers and the real CLI (issue 8):
 //! `berth stack deploy|ls|services|ps|rm` with a manager and a worker in netns test hosts.
 //!
-//! Proves: a three-service stack (web, api, worker) with health checks and networks deploys
-//! from a Compose file, with interpolation from the environment and `.env`, and `env_file`;
+//! Proves: a three-service stack (web, api, worker) with health checks, networks, a secret and
+//! a config deploys from a Compose file, with interpolation from `.env` and `env_file`; api
+//! reads its secret and config and reaches web and worker by name; a changed secret is refused;
 //! re-deploying an unchanged file changes nothing; a changed file updates only the changed
 //! service (the others keep their version and task ids); `--prune` removes services no longer
 //! in the file; `stack rm` removes everything; a malformed file is refused with the key and
@@ -65,6 +66,8 @@ x-loop: &loop
 services:
   web:
     <<: *loop
+    command: ["sh", "-c", "hostname > /srv/www/index.html; exec httpd -f -p 80 -h /srv/www"]
+    init: true
     environment:
       ROLE: web
       REPLICAS_SEEN: "${{WEB_REPLICAS:-2}}"
@@ -89,6 +92,12 @@ services:
       test: test -f /etc/berth-release
       interval: 200ms
     networks: [back, default]
+    secrets:
+      - db_password
+    configs:
+      - source: api_config
+        target: /etc/api.conf
+        mode: 0440
     deploy:
       update_config: {{monitor: 0s, order: stop-first}}
       labels:
@@ -111,7 +120,21 @@ services:
 "#,
         );
     }
-    text.push_str("\nnetworks:\n  back:\n    labels: [purpose=backend]\n");
+    text.push_str(
+        r#"
+networks:
+  back:
+    labels: [purpose=backend]
+
+secrets:
+  db_password:
+    file: ./db_password.txt
+
+configs:
+  api_config:
+    content: "listen=${API_PORT:-9000}"
+"#,
+    );
     text
 }
 
@@ -255,6 +278,7 @@ fn a_stack_deploys_updates_only_what_changed_prunes_and_is_removed() -> anyhow::
         "api.env",
         "GREETING=hello from env_file\nLEVEL=overridden\n",
     )?;
+    write(&dir, "db_password.txt", "s3cret-stack-password")?;
     let text = stack_file(1, true);
     let depends_on_line = 1 + text
         .lines()
@@ -272,6 +296,8 @@ fn a_stack_deploys_updates_only_what_changed_prunes_and_is_removed() -> anyhow::
     for wanted in [
         "Creating network app_default",
         "Creating network app_back",
+        "Creating secret app_db_password",
+        "Creating config app_api_config",
         "Creating service app_web",
         "Creating service app_api",
         "Creating service app_worker",
@@ -309,6 +335,54 @@ fn a_stack_deploys_updates_only_what_changed_prunes_and_is_removed() -> anyhow::
     assert!(env.iter().any(|e| e == "REPLICAS_SEEN=1"), "{env:?}");
     let ps = n0.berth_ok(&["stack", "ps", "app"])?;
     assert!(ps.contains("app_worker.") && ps.contains("node-1"), "{ps}");
+
+    tracing::info!("phase: api reads its secret and config and reaches the others by name");
+    let (node, api_container) = task_container(&cluster, "app_api.1")?;
+    let read = node.berth_ok(&["exec", &api_container, "cat", "/run/secrets/db_password"])?;
+    assert_eq!(read, "s3cret-stack-password");
+    let read = node.berth_ok(&["exec", &api_container, "cat", "/etc/api.conf"])?;
+    assert_eq!(read, "listen=9000");
+    let mode = node.berth_ok(&[
+        "exec",
+        &api_container,
+        "stat",
+        "-L",
+        "-c",
+        "%a",
+        "/etc/api.conf",
+    ])?;
+    assert_eq!(mode.trim(), "440");
+    let last = std::cell::RefCell::new(String::new());
+    wait::wait_until_or_dump(
+        Duration::from_secs(20),
+        "api reaches web by service name and worker by its alias on back",
+        || {
+            let web = node.berth(&[
+                "exec",
+                &api_container,
+                "timeout",
+                "3",
+                "wget",
+                "-q",
+                "-O-",
+                "http://web/",
+            ])?;
+            *last.borrow_mut() = String::from_utf8_lossy(&web.stdout).trim().to_string();
+            let jobs = node.berth(&["exec", &api_container, "nslookup", "jobs"])?;
+            let worker = node.berth(&["exec", &api_container, "nslookup", "worker"])?;
+            Ok(web.status.success()
+                && !last.borrow().is_empty()
+                && jobs.status.success()
+                && worker.status.success())
+        },
+        || {
+            format!(
+                "last answer of web: {:?}\n{}",
+                last.borrow(),
+                dump(&cluster, "app")
+            )
+        },
+    )?;
 
     tracing::info!("phase: the same file again changes nothing");
     let before: Vec<(String, u64, BTreeMap<String, String>)> = ["web", "api", "worker"]
@@ -362,6 +436,20 @@ fn a_stack_deploys_updates_only_what_changed_prunes_and_is_removed() -> anyhow::
             "{name} kept its tasks"
         );
     }
+    let version_after_update = version(n0, "app_api")?;
+    assert!(version_after_update > before[1].1);
+
+    tracing::info!("phase: a changed secret file is refused and changes nothing");
+    write(&dir, "db_password.txt", "another password")?;
+    let err = n0.berth_err(&["stack", "deploy", "-c", &file, "app"])?;
+    assert!(err.contains("only updates to Labels are allowed"), "{err}");
+    assert!(err.contains("secret app_db_password"), "{err}");
+    assert_eq!(
+        version(n0, "app_api")?,
+        version_after_update,
+        "api untouched"
+    );
+    write(&dir, "db_password.txt", "s3cret-stack-password")?;
 
     tracing::info!("phase: without --prune a dropped service stays; with it, it goes");
     write(&dir, "stack.yml", &stack_file(2, false))?;
@@ -381,6 +469,8 @@ fn a_stack_deploys_updates_only_what_changed_prunes_and_is_removed() -> anyhow::
     for wanted in [
         "Removing service app_api",
         "Removing service app_web",
+        "Removing secret app_db_password",
+        "Removing config app_api_config",
         "Removing network app_back",
         "Removing network app_default",
     ] {
@@ -388,6 +478,8 @@ fn a_stack_deploys_updates_only_what_changed_prunes_and_is_removed() -> anyhow::
     }
     assert_eq!(n0.berth_ok(&["stack", "ls"])?, "NAME   SERVICES\n");
     assert!(stack_networks(n0, "app")?.is_empty());
+    assert!(n0.berth_ok(&["secret", "ls", "-q"])?.is_empty());
+    assert!(n0.berth_ok(&["config", "ls", "-q"])?.is_empty());
     wait::wait_until_or_dump(
         Duration::from_secs(30),
         "every container is gone",

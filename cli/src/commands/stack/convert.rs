@@ -25,9 +25,9 @@ use super::yaml::{At, Node, Value};
 pub const NAMESPACE_LABEL: &str = "com.docker.stack.namespace";
 /// The service label with the image as the file names it.
 pub const IMAGE_LABEL: &str = "com.docker.stack.image";
-/// Largest secret (Docker's).
+/// Secrets must be smaller than this (Docker's limit).
 pub const MAX_SECRET_SIZE: usize = 500 * 1024;
-/// Largest config (Docker's).
+/// Configs must be smaller than this (Docker's limit).
 pub const MAX_CONFIG_SIZE: usize = 1000 * 1024;
 
 /// What converting needs besides the tree.
@@ -566,11 +566,11 @@ fn files(node: &Node, what: &str, ctx: &Context<'_>, d: &mut Diags) -> Vec<FileP
         } else {
             MAX_CONFIG_SIZE
         };
-        if !is_external && (data.len() > max || (is_secret && data.is_empty())) {
+        if !is_external && (data.len() >= max || data.is_empty()) {
             let limit = if is_secret {
-                "between 1 byte and 500 KiB"
+                "larger than 0 and less than 500 KiB"
             } else {
-                "at most 1000 KiB"
+                "larger than 0 and less than 1000 KiB"
             };
             d.error(
                 &key.at,

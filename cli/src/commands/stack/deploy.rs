@@ -6,8 +6,10 @@
 //!    services exist; external objects must; a stack service may not change mode, and a name
 //!    may not belong to something outside the stack; a stack that needs networks, secrets or
 //!    configs on a cluster whose managers do not offer them yet stops here, before any write;
-//! 3. the writes ([`apply`]): networks, secrets, configs, then services — created when
-//!    missing, updated (with the version read) only when their spec differs, untouched
+//! 3. the writes ([`apply`]): existing secrets are sent again, so the managers refuse a
+//!    changed content (secrets are immutable, and their content is never read back) before
+//!    anything is created; then networks, new secrets and configs, then services — created
+//!    when missing, updated (with the version read) only when their spec differs, untouched
 //!    otherwise — and with `--prune`, the removal of stack services no longer in the files.
 //!
 //! If a write fails, the deploy undoes its own earlier writes in reverse order (removes what
@@ -491,6 +493,64 @@ async fn write(
     found: &Found,
     done: &mut Vec<Undo>,
 ) -> anyhow::Result<Applied> {
+    // Existing secrets first: the managers compare the file's content with theirs and refuse
+    // a change (secrets are immutable), before this deploy created anything.
+    let mut secret_ids: HashMap<String, String> = HashMap::new();
+    for plan in &stack.secrets {
+        let Some(existing) = found.secrets.get(&plan.name) else {
+            continue;
+        };
+        secret_ids.insert(plan.name.clone(), existing.id.clone());
+        if plan.external {
+            continue;
+        }
+        if labels_of(existing.annotations()) != plan.labels {
+            println!("Updating secret {}", plan.name);
+        }
+        daemon
+            .control
+            .update_secret(UpdateSecretRequest {
+                secret_id: existing.id.clone(),
+                secret_version: existing.meta.as_ref().map_or(0, |m| m.version),
+                spec: Some(SecretSpec {
+                    annotations: Some(Annotations {
+                        name: plan.name.clone(),
+                        labels: plan.labels.clone(),
+                    }),
+                    data: plan.data.clone(),
+                }),
+            })
+            .await
+            .map_err(|s| anyhow::anyhow!("{}: secret {}: {}", plan.at, plan.name, s.message()))?;
+    }
+    // Existing configs: their content was compared by [`check`]; only labels may change.
+    let mut config_ids: HashMap<String, String> = HashMap::new();
+    for plan in &stack.configs {
+        let Some(existing) = found.configs.get(&plan.name) else {
+            continue;
+        };
+        config_ids.insert(plan.name.clone(), existing.id.clone());
+        if plan.external || labels_of(existing.annotations()) == plan.labels {
+            continue;
+        }
+        println!("Updating config {}", plan.name);
+        daemon
+            .control
+            .update_config(UpdateConfigRequest {
+                config_id: existing.id.clone(),
+                config_version: existing.meta.as_ref().map_or(0, |m| m.version),
+                spec: Some(ConfigSpec {
+                    annotations: Some(Annotations {
+                        name: plan.name.clone(),
+                        labels: plan.labels.clone(),
+                    }),
+                    data: plan.data.clone(),
+                }),
+            })
+            .await
+            .map_err(|s| anyhow::anyhow!("{}: config {}: {}", plan.at, plan.name, s.message()))?;
+    }
+
     // Networks.
     let mut network_ids: HashMap<String, String> = HashMap::new();
     for plan in &stack.networks {
@@ -516,34 +576,12 @@ async fn write(
         network_ids.insert(plan.name.clone(), network.id);
     }
 
-    // Secrets.
-    let mut secret_ids: HashMap<String, String> = HashMap::new();
-    for plan in &stack.secrets {
-        if let Some(existing) = found.secrets.get(&plan.name) {
-            secret_ids.insert(plan.name.clone(), existing.id.clone());
-            let labels = labels_of(existing.annotations());
-            if !plan.external && labels != plan.labels {
-                println!("Updating secret {}", plan.name);
-                daemon
-                    .control
-                    .update_secret(UpdateSecretRequest {
-                        secret_id: existing.id.clone(),
-                        secret_version: existing.meta.as_ref().map_or(0, |m| m.version),
-                        spec: Some(SecretSpec {
-                            annotations: Some(Annotations {
-                                name: plan.name.clone(),
-                                labels: plan.labels.clone(),
-                            }),
-                            data: Vec::new(),
-                        }),
-                    })
-                    .await
-                    .map_err(|s| {
-                        anyhow::anyhow!("updating secret {}: {}", plan.name, s.message())
-                    })?;
-            }
-            continue;
-        }
+    // New secrets and configs.
+    for plan in stack
+        .secrets
+        .iter()
+        .filter(|p| !found.secrets.contains_key(&p.name))
+    {
         println!("Creating secret {}", plan.name);
         let secret = daemon
             .control
@@ -567,35 +605,11 @@ async fn write(
         });
         secret_ids.insert(plan.name.clone(), secret.id);
     }
-
-    // Configs.
-    let mut config_ids: HashMap<String, String> = HashMap::new();
-    for plan in &stack.configs {
-        if let Some(existing) = found.configs.get(&plan.name) {
-            config_ids.insert(plan.name.clone(), existing.id.clone());
-            let labels = labels_of(existing.annotations());
-            if !plan.external && labels != plan.labels {
-                println!("Updating config {}", plan.name);
-                daemon
-                    .control
-                    .update_config(UpdateConfigRequest {
-                        config_id: existing.id.clone(),
-                        config_version: existing.meta.as_ref().map_or(0, |m| m.version),
-                        spec: Some(ConfigSpec {
-                            annotations: Some(Annotations {
-                                name: plan.name.clone(),
-                                labels: plan.labels.clone(),
-                            }),
-                            data: plan.data.clone(),
-                        }),
-                    })
-                    .await
-                    .map_err(|s| {
-                        anyhow::anyhow!("updating config {}: {}", plan.name, s.message())
-                    })?;
-            }
-            continue;
-        }
+    for plan in stack
+        .configs
+        .iter()
+        .filter(|p| !found.configs.contains_key(&p.name))
+    {
         println!("Creating config {}", plan.name);
         let config = daemon
             .control

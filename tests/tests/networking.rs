@@ -405,3 +405,190 @@ fn services_reach_each_other_through_vips_dns_and_the_routing_mesh() -> anyhow::
     }
     Ok(())
 }
+
+#[test]
+fn host_ports_stay_on_their_node_networks_are_isolated_and_a_lost_node_leaves_the_vip()
+-> anyhow::Result<()> {
+    wait::init_test_logging();
+    let cluster = cluster(2)?;
+    let n0 = cluster.node(0);
+    let image = berth_tests::image::DEFAULT_REF;
+    n0.berth_ok(&["network", "create", "front"])?;
+    n0.berth_ok(&["network", "create", "back"])?;
+    n0.berth_ok(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "web",
+        "--network",
+        "front",
+        "--replicas",
+        "3",
+        image,
+        "sh",
+        "-c",
+        SERVE_HOSTNAME,
+    ])?;
+    n0.berth_ok(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "client",
+        "--network",
+        "front",
+        "--constraint",
+        "node.hostname==node-0",
+        image,
+        "sh",
+        "-c",
+        IDLE,
+    ])?;
+    n0.berth_ok(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "vault",
+        "--network",
+        "back",
+        "--constraint",
+        "node.hostname==node-0",
+        image,
+        "sh",
+        "-c",
+        SERVE_HOSTNAME,
+    ])?;
+    n0.berth_ok(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "hostweb",
+        "--publish",
+        "published=9090,target=80,mode=host",
+        "--constraint",
+        "node.hostname==node-1",
+        image,
+        "sh",
+        "-c",
+        SERVE_HOSTNAME,
+    ])?;
+    for (s, want) in [
+        ("web", "3/3"),
+        ("client", "1/1"),
+        ("vault", "1/1"),
+        ("hostweb", "1/1"),
+    ] {
+        converge(&cluster, s, want)?;
+    }
+    let client = container_of(&cluster, 0, "client")?;
+    // vault shares node 0 with client: the node routes between its bridges, unless
+    // isolation forbids it.
+    let vault = container_of(&cluster, 0, "vault")?;
+
+    // Host mode: the port answers on node 1 only.
+    let addrs: Vec<std::net::Ipv4Addr> = cluster.net().hosts().iter().map(|h| h.addr()).collect();
+    wait::wait_until_or_dump(
+        Duration::from_secs(10),
+        "port 9090 answers on node 1",
+        || Ok(!http_get(&cluster, 2, addrs[1], 9090)?.is_empty()),
+        || cluster.logs(),
+    )?;
+    for i in [0, 2] {
+        let r = http_get(&cluster, 1, addrs[i], 9090);
+        assert!(r.is_err(), "host-mode port answered on node {i}: {r:?}");
+    }
+
+    // Isolation: front and back neither resolve nor reach each other.
+    let (ok, out) = exec(&cluster, 0, &client, &["nslookup", "vault"])?;
+    assert!(!ok, "vault resolves from front: {out}");
+    let (ok, out) = exec(&cluster, 0, &vault, &["nslookup", "tasks.vault"])?;
+    assert!(ok, "{out}");
+    let vault_ip = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("Address: "))
+        .find(|a| !a.contains(":53") && !a.starts_with("127."))
+        .map(str::to_string)
+        .ok_or_else(|| anyhow::anyhow!("no address for tasks.vault: {out}"))?;
+    let (ok, out) = exec(
+        &cluster,
+        0,
+        &vault,
+        &["timeout", "3", "wget", "-q", "-O-", "http://vault/"],
+    )?;
+    assert!(
+        ok && !out.is_empty(),
+        "vault does not answer on back: {out}"
+    );
+    let svc = inspect(&cluster, &["service", "inspect", "vault"])?;
+    let vault_vip = svc["Endpoint"]["VirtualIPs"][0]["Addr"]
+        .as_str()
+        .and_then(|a| a.split('/').next())
+        .unwrap_or_default()
+        .to_string();
+    for target in [&vault_ip, &vault_vip] {
+        let url = format!("http://{target}/");
+        let (ok, out) = exec(
+            &cluster,
+            0,
+            &client,
+            &["timeout", "3", "wget", "-q", "-O-", &url],
+        )?;
+        assert!(!ok, "front reached back at {target}: {out}");
+    }
+    let (ok, out) = exec(&cluster, 0, &vault, &["nslookup", "web"])?;
+    assert!(!ok, "web resolves from back: {out}");
+    let (ok, out) = exec(&cluster, 0, &client, &["nslookup", "web"])?;
+    assert!(ok, "web does not resolve from front: {out}");
+    let web_vip = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("Address: "))
+        .find(|a| !a.contains(":53") && !a.starts_with("127."))
+        .map(str::to_string)
+        .unwrap_or_default();
+    let url = format!("http://{web_vip}/");
+    let (ok, out) = exec(
+        &cluster,
+        1,
+        &vault,
+        &["timeout", "3", "wget", "-q", "-O-", &url],
+    )?;
+    assert!(!ok, "back reached front's VIP {web_vip}: {out}");
+
+    // Every replica answers; then node 2 is cut off. Once it is Down, a second later, no
+    // request goes to its task.
+    let mut seen = Default::default();
+    wait::wait_until_or_dump(
+        Duration::from_secs(20),
+        "every replica answers through the VIP",
+        || {
+            seen = wget_all(&cluster, 0, &client, "http://web/", 12)?;
+            Ok(seen.len() == 3)
+        },
+        || cluster.logs(),
+    )?;
+    let on_2 = container_of(&cluster, 2, "web")?;
+    let (_, lost) = exec(&cluster, 2, &on_2, &["hostname"])?;
+    assert!(seen.contains(&lost), "{lost} not among {seen:?}");
+    cluster.net().cut(&cluster.net().hosts()[2])?;
+    wait::wait_until_or_dump(
+        Duration::from_secs(30),
+        "node-2 is Down",
+        || {
+            let ls = n0.berth_ok(&["node", "ls"])?;
+            Ok(ls
+                .lines()
+                .any(|l| l.contains("node-2") && l.contains(" Down ")))
+        },
+        || cluster.logs(),
+    )?;
+    std::thread::sleep(Duration::from_secs(1));
+    let after = wget_all(&cluster, 0, &client, "http://web/", 12)?;
+    assert!(
+        !after.contains(&lost),
+        "a request reached the lost node's task: {after:?}"
+    );
+    Ok(())
+}

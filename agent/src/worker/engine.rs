@@ -132,7 +132,6 @@ pub fn container_config(task: &Task) -> Result<ContainerConfig, ExecError> {
         stop_signal: spec.stop_signal.clone(),
         stop_grace_period: spec.stop_grace_period,
         network_mode: 0,
-        network_namespace: String::new(),
         ulimits: spec.ulimits.clone(),
         healthcheck: spec.healthcheck.clone(),
         ..ContainerConfig::default()

@@ -287,12 +287,18 @@ fn a_stack_deploys_updates_only_what_changed_prunes_and_is_removed() -> anyhow::
     let file = write(&dir, "stack.yml", &text)?;
 
     tracing::info!("phase: deploy (TAG and WEB_REPLICAS from .env)");
-    let out = n0.berth(&["stack", "deploy", "-c", &file, "app"])?;
+    // --detach=false waits for every service to converge, with service create's progress.
+    let out = n0.berth(&["stack", "deploy", "--detach=false", "-c", &file, "app"])?;
     let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout).to_string(),
         String::from_utf8_lossy(&out.stderr).to_string(),
     );
     assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert_eq!(
+        stdout.matches("verify: Service converged").count(),
+        3,
+        "{stdout}"
+    );
     for wanted in [
         "Creating network app_default",
         "Creating network app_back",

@@ -740,3 +740,150 @@ pub async fn deploy(daemon: &mut Daemon, args: DeployArgs) -> anyhow::Result<()>
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::commands::stack::yaml::At;
+    use berth_proto::v1::{
+        ConfigReference, ContainerSpec, NetworkAttachmentConfig, SecretReference, TaskSpec,
+    };
+
+    fn at(line: u64) -> At {
+        At {
+            file: "s.yml".into(),
+            line,
+        }
+    }
+
+    fn plan(name: &str, external: bool, data: &[u8]) -> FilePlan {
+        FilePlan {
+            key: name.into(),
+            name: name.into(),
+            external,
+            data: data.to_vec(),
+            labels: HashMap::new(),
+            at: at(7),
+        }
+    }
+
+    fn config(name: &str, stack: Option<&str>, data: &[u8]) -> Config {
+        let mut labels = HashMap::new();
+        if let Some(ns) = stack {
+            labels.insert(NAMESPACE_LABEL.to_string(), ns.to_string());
+        }
+        Config {
+            id: format!("id-{name}"),
+            spec: Some(ConfigSpec {
+                annotations: Some(Annotations {
+                    name: name.into(),
+                    labels,
+                }),
+                data: data.to_vec(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn existing_objects_are_checked_before_any_write() {
+        let existing: HashMap<String, Config> = [
+            ("app_same", config("app_same", Some("app"), b"x")),
+            ("app_changed", config("app_changed", Some("app"), b"old")),
+            ("app_foreign", config("app_foreign", None, b"x")),
+            ("shared", config("shared", None, b"x")),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let plans = [
+            plan("app_same", false, b"x"),
+            plan("app_new", false, b"x"),
+            plan("shared", true, b""),
+            plan("app_changed", false, b"new"),
+            plan("app_foreign", false, b"x"),
+            plan("missing", true, b""),
+        ];
+        let mut problems = Vec::new();
+        check_files(
+            &plans,
+            "config",
+            &existing,
+            "app",
+            &mut problems,
+            |c: &Config| c.spec.as_ref().map(|s| s.data.clone()),
+        );
+        assert_eq!(
+            problems,
+            [
+                "s.yml line 7: config app_changed already exists with other content; configs cannot change: give it a new name (or use berth config rotate)",
+                "s.yml line 7: config app_foreign already exists and is not part of stack app",
+                "s.yml line 7: config \"missing\" is declared as external, but could not be found",
+            ]
+        );
+    }
+
+    #[test]
+    fn names_become_ids() {
+        let spec = ServiceSpec {
+            task: Some(TaskSpec {
+                container: Some(ContainerSpec {
+                    secrets: vec![SecretReference {
+                        secret_name: "app_pw".into(),
+                        ..Default::default()
+                    }],
+                    configs: vec![ConfigReference {
+                        config_name: "app_conf".into(),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
+                networks: vec![NetworkAttachmentConfig {
+                    target: "app_default".into(),
+                    aliases: vec!["web".into()],
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let map = |k: &str, v: &str| HashMap::from([(k.to_string(), v.to_string())]);
+        let resolved = resolve(
+            &spec,
+            &map("app_default", "n1"),
+            &map("app_pw", "s1"),
+            &map("app_conf", "c1"),
+        )
+        .unwrap();
+        let task = resolved.task.as_ref().unwrap();
+        assert_eq!(task.networks[0].target, "n1");
+        let c = task.container.as_ref().unwrap();
+        assert_eq!(
+            (
+                c.secrets[0].secret_id.as_str(),
+                c.secrets[0].secret_name.as_str()
+            ),
+            ("s1", "app_pw")
+        );
+        assert_eq!(c.configs[0].config_id, "c1");
+        let err = resolve(&spec, &HashMap::new(), &HashMap::new(), &HashMap::new())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("network app_default"), "{err}");
+    }
+
+    #[test]
+    fn unimplemented_kinds_read_as_absent() {
+        assert_eq!(offered(Ok::<_, tonic::Status>(1)).unwrap(), Some(1));
+        assert_eq!(
+            offered::<u8>(Err(tonic::Status::unimplemented("no"))).unwrap(),
+            None
+        );
+        let err = offered::<u8>(Err(tonic::Status::internal("boom"))).unwrap_err();
+        assert_eq!(err.to_string(), "boom");
+        let err = unavailable(Kind::Secret, &at(3)).to_string();
+        assert_eq!(
+            err,
+            "s.yml line 3: this stack uses secrets, which the cluster's managers do not offer yet; nothing was deployed"
+        );
+    }
+}

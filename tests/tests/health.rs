@@ -6,7 +6,8 @@
 //! `service ps`, `berth ps` and `berth inspect`; a check that fails after start makes the task
 //! unhealthy → FAILED ("unhealthy container") and the restart policy starts a new task in the
 //! same slot; a probe that hangs is killed at its timeout and counts as a failure;
-//! `--no-healthcheck` disables an image's HEALTHCHECK, which otherwise applies.
+//! `--no-healthcheck` disables an image's HEALTHCHECK, which otherwise applies; a daemon
+//! killed while a task waits for its health adopts it and still waits (same task, no restart).
 
 use std::time::{Duration, Instant};
 
@@ -70,6 +71,22 @@ fn containers(node: &TestNode, service: &str) -> anyhow::Result<Vec<Value>> {
         }
     }
     Ok(found)
+}
+
+/// The name of the newest container of `service` on `node`, waiting for it to show up.
+fn container_of(node: &TestNode, service: &str) -> anyhow::Result<String> {
+    let mut name = String::new();
+    wait::wait_until_or_dump(
+        Duration::from_secs(10),
+        &format!("a container of {service}"),
+        || {
+            let c = containers(node, service)?;
+            name = c.first().map_or("", |c| field(c, "Names")).to_string();
+            Ok(!name.is_empty())
+        },
+        || node.berth_ok(&["ps", "-a"]).unwrap_or_default(),
+    )?;
+    Ok(name)
 }
 
 /// `berth inspect CONTAINER` on `node`.
@@ -265,7 +282,7 @@ fn an_unhealthy_task_fails_and_the_restart_policy_replaces_it() -> anyhow::Resul
         |t| field(&t[0], "CurrentState").starts_with("Running"),
     )?;
     let first = field(&t[0], "ID").to_string();
-    let name = field(&containers(worker, "sick")?[0], "Names").to_string();
+    let name = container_of(worker, "sick")?;
     assert!(name.contains(&first), "{name} runs task {first}");
 
     tracing::info!("phase: break the check");
@@ -381,8 +398,7 @@ fn a_probe_that_hangs_times_out_and_counts_as_a_failure() -> anyhow::Result<()> 
 /// The probes of `service`'s container all failed, at least two by timing out, and each was
 /// killed within 700 ms of its start (timeout 300 ms).
 fn check_timed_out_probes(node: &TestNode, service: &str) -> anyhow::Result<()> {
-    let c = containers(node, service)?;
-    let c = inspect(node, field(&c[0], "Names"))?;
+    let c = inspect(node, &container_of(node, service)?)?;
     let log = c["State"]["Health"]["Log"]
         .as_array()
         .cloned()
@@ -489,5 +505,89 @@ fn no_healthcheck_disables_the_images_healthcheck() -> anyhow::Result<()> {
         c["Config"]["Healthcheck"]["Test"],
         serde_json::json!(["NONE"])
     );
+    Ok(())
+}
+
+#[test]
+fn a_restarted_daemon_keeps_a_starting_task_waiting_for_its_health() -> anyhow::Result<()> {
+    wait::init_test_logging();
+    let mut cluster = cluster(0)?;
+    cluster.node(0).berth_ok(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "adopt",
+        "--health-cmd",
+        "test -f /tmp/ok",
+        "--health-interval",
+        "200ms",
+        "--health-start-period",
+        "60s",
+        DEFAULT_REF,
+        "sh",
+        "-c",
+        LOOP,
+    ])?;
+    let t = wait_task(
+        &cluster,
+        "adopt",
+        "the task is starting",
+        Duration::from_secs(30),
+        |t| field(&t[0], "CurrentState").starts_with("Starting"),
+    )?;
+    let task = field(&t[0], "ID").to_string();
+    let name = container_of(cluster.node(0), "adopt")?;
+
+    tracing::info!("phase: kill -9 and restart berthd while the task waits for its health");
+    cluster.node_mut(0).kill9()?;
+    cluster.node_mut(0).start()?;
+    let node = cluster.node(0);
+    wait::wait_until_or_dump(
+        Duration::from_secs(30),
+        "the adopted container is probed again",
+        || {
+            let c = containers(node, "adopt")?;
+            let starting = c.first().is_some_and(|c| {
+                field(c, "Names") == name && field(c, "Status").ends_with("(health: starting)")
+            });
+            let c = inspect(node, &name)?;
+            let probed = c["State"]["Health"]["Log"]
+                .as_array()
+                .is_some_and(|l| !l.is_empty());
+            Ok(starting && probed)
+        },
+        || dump(&cluster, "adopt"),
+    )?;
+    let t = wait_task(
+        &cluster,
+        "adopt",
+        "the managers answer again",
+        Duration::from_secs(30),
+        |t| !t.is_empty(),
+    )?;
+    assert_eq!(field(&t[0], "ID"), task, "{t:?}");
+    // The worker's session reports its tasks again after the restart: still STARTING.
+    let sampled_until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < sampled_until {
+        let t = tasks(&cluster, "adopt")?;
+        assert!(
+            field(&t[0], "CurrentState").starts_with("Starting"),
+            "not RUNNING before a probe passed: {t:?}"
+        );
+    }
+
+    tracing::info!("phase: make the check pass");
+    node.berth_ok(&["exec", &name, "touch", "/tmp/ok"])?;
+    let t = wait_task(
+        &cluster,
+        "adopt",
+        "the same task runs, healthy",
+        Duration::from_secs(15),
+        |t| field(&t[0], "CurrentState").starts_with("Running"),
+    )?;
+    assert_eq!(t.len(), 1, "no replacement: {t:?}");
+    assert_eq!(field(&t[0], "ID"), task);
+    assert!(field(&t[0], "CurrentState").ends_with("(healthy)"), "{t:?}");
     Ok(())
 }

@@ -90,6 +90,11 @@ fn task(desired: TaskState) -> Task {
 
 /// Starts a runner on a fresh task (from ASSIGNED); `checked` gives it a health check.
 fn start(checked: bool) -> Harness {
+    start_from(TaskState::Assigned, None, checked)
+}
+
+/// Starts a runner on a task resumed in `state` with `container` (as after a restart).
+fn start_from(state: TaskState, container: Option<ContainerStatus>, checked: bool) -> Harness {
     let health = watch::channel(Health::starting()).0;
     let exit = watch::channel(None).0;
     let calls = Arc::new(Mutex::new(Vec::new()));
@@ -109,8 +114,8 @@ fn start(checked: bool) -> Harness {
         }),
         desired: rx,
         events: events_tx,
-        state: TaskState::Assigned,
-        container: None,
+        state,
+        container,
         cancel: cancel.clone(),
         health: None,
         health_looked_up: false,
@@ -269,4 +274,25 @@ async fn a_desired_state_change_that_keeps_running_does_not_restart_the_containe
     h.set_health(HealthState::Healthy);
     assert_eq!(h.next().await.state, TaskState::Running as i32);
     assert_eq!(*h.calls.lock().unwrap(), ["prepare", "start"]);
+}
+
+#[tokio::test]
+async fn an_adopted_starting_task_waits_for_health_without_restarting_its_container() {
+    let running = ContainerStatus {
+        pid: 7,
+        ..Default::default()
+    };
+    let mut h = start_from(TaskState::Starting, Some(running.clone()), true);
+    h.quiet_for(Duration::from_millis(100)).await;
+    h.set_health(HealthState::Healthy);
+    let status = h.next().await;
+    assert_eq!(status.state, TaskState::Running as i32);
+    assert_eq!(status.health, HealthState::Healthy as i32);
+    assert!(h.calls.lock().unwrap().is_empty(), "no start: it runs");
+
+    let mut h = start_from(TaskState::Starting, Some(running), false);
+    let status = h.next().await;
+    assert_eq!(status.state, TaskState::Running as i32);
+    assert_eq!(status.health, HealthState::None as i32);
+    assert!(h.calls.lock().unwrap().is_empty(), "no start: it runs");
 }

@@ -282,9 +282,11 @@ fn resume(stored: TaskState, observed: Observed) -> Resume {
         return keep(stored);
     }
     match observed {
+        // A STARTING task may be waiting for its health check: its runner takes the running
+        // container from there (RUNNING at once without a check, else once healthy).
         Observed::Running { pid } => Resume {
             pid: Some(pid),
-            ..if stored == TaskState::Running {
+            ..if matches!(stored, TaskState::Running | TaskState::Starting) {
                 keep(stored)
             } else {
                 moved(TaskState::Running, "started", None)

@@ -399,7 +399,7 @@ fn resume_table() {
         (Ready, Observed::Created, Ready, false),
         (Ready, Observed::Missing, Rejected, true),
         (Starting, Observed::Created, Starting, false),
-        (Starting, Observed::Running { pid: 9 }, Running, true),
+        (Starting, Observed::Running { pid: 9 }, Starting, false),
         (Running, Observed::Running { pid: 9 }, Running, false),
         (Running, exit(0), Complete, true),
         (Running, exit(2), Failed, true),

@@ -229,6 +229,11 @@ fn a_task_is_running_only_after_its_first_passing_probe() -> anyhow::Result<()> 
         .cloned()
         .unwrap_or_default();
     assert_eq!(log.last().map(|p| p["ExitCode"].clone()), Some(0.into()));
+    let probe_ms: Vec<u64> = log
+        .iter()
+        .map(|p| ((epoch_seconds(&p["End"]) - epoch_seconds(&p["Start"])) * 1e3) as u64)
+        .collect();
+    tracing::info!(?probe_ms, "probe durations (exec into the container)");
     assert_eq!(
         c["Config"]["Healthcheck"]["Test"],
         serde_json::json!(["CMD-SHELL", "test -f /tmp/ok"])

@@ -528,12 +528,12 @@ fn an_update_with_a_stale_version_is_refused() -> anyhow::Result<()> {
             .into_inner()
             .services;
         let id = services.first().context("no service")?.id.clone();
-        Ok(control
+        control
             .get_service(GetServiceRequest { service_id: id })
             .await?
             .into_inner()
             .service
-            .context("no service")?)
+            .context("no service")
     })?;
     node.berth_ok(&["service", "update", "-d", "--env-add", "A=1", "cc"])?;
     let refused = with_control(node, async |control| {

@@ -280,20 +280,32 @@ pub async fn update(replica: &Replica, req: UpdateServiceRequest) -> Result<Serv
 
 /// Removes a service and marks its tasks for removal.
 pub async fn remove(replica: &Replica, id: &str) -> Result<(), ControlError> {
-    if replica.store().get::<Service>(id).is_none() {
-        return Err(ControlError::not_found("service", id));
-    }
-    let mut batch = StoreActions::new();
-    batch.remove(ObjectKind::Service, id);
-    for task in replica.store().find::<Task>(&By::ServiceId(id.to_owned())) {
-        if task.desired_state < TaskState::Remove as i32 {
-            let mut task = (*task).clone();
-            task.desired_state = TaskState::Remove as i32;
-            batch.update(task);
+    // The tasks are marked REMOVE with the versions read here; the agents and the
+    // orchestrators keep updating them, so a refused batch (a task moved meanwhile) is rebuilt
+    // from a fresh read a few times instead of failing the user's `service rm`.
+    let mut attempts = 0;
+    loop {
+        if replica.store().get::<Service>(id).is_none() {
+            return Err(ControlError::not_found("service", id));
+        }
+        let mut batch = StoreActions::new();
+        batch.remove(ObjectKind::Service, id);
+        for task in replica.store().find::<Task>(&By::ServiceId(id.to_owned())) {
+            if task.desired_state < TaskState::Remove as i32 {
+                let mut task = (*task).clone();
+                task.desired_state = TaskState::Remove as i32;
+                batch.update(task);
+            }
+        }
+        match replica.propose_and_wait(&batch).await {
+            Ok(_) => return Ok(()),
+            Err(ProposeError::Refused(_)) if attempts < 5 => {
+                attempts += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Err(err) => return Err(err.into()),
         }
     }
-    replica.propose_and_wait(&batch).await?;
-    Ok(())
 }
 
 #[cfg(test)]

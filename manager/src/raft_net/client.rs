@@ -238,9 +238,6 @@ fn classify<E: std::error::Error>(status: &Status) -> RPCError<NodeId, BasicNode
     }
 }
 
-/// Shortest deadline of an AppendEntries or InstallSnapshot call (see `call`).
-const MIN_REPLICATION_TTL: Duration = Duration::from_secs(2);
-
 impl GrpcConnection {
     /// Sends one serde-encoded openraft request and decodes the `Result` it answers.
     async fn call<Req, Resp, E>(
@@ -259,16 +256,7 @@ impl GrpcConnection {
         let mut client = RaftClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_SIZE)
             .max_encoding_message_size(MAX_MESSAGE_SIZE);
-        // openraft 0.9 gives replication RPCs the heartbeat interval (50 ms) as their deadline,
-        // which a large entry (a 256 KiB secret) cannot meet: it would never replicate, and
-        // every later write would wait behind it. Entries and snapshots get at least
-        // MIN_REPLICATION_TTL; votes keep openraft's deadline.
-        let ttl = match action {
-            RPCTypes::AppendEntries | RPCTypes::InstallSnapshot => {
-                option.hard_ttl().max(MIN_REPLICATION_TTL)
-            }
-            _ => option.hard_ttl(),
-        };
+        let ttl = option.hard_ttl();
         let mut request = tonic::Request::new(WireRequest { payload });
         request.set_timeout(ttl);
         let call = async {

@@ -112,6 +112,55 @@ impl TestNode {
             .with_context(|| format!("running berth {args:?}"))
     }
 
+    /// Runs `berth ARGS` like [`TestNode::berth`], killing it when it has not finished within
+    /// `limit` (for commands that wait for the cluster to converge).
+    pub fn berth_within(&self, args: &[&str], limit: Duration) -> anyhow::Result<Output> {
+        let mut cmd: Command = self.host.command(bins::berth()?)?;
+        cmd.args(["-H", &format!("unix://{}", self.socket.display())])
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("running berth {args:?}"))?;
+        // Drain the pipes while waiting, so a chatty command cannot block on a full pipe.
+        let mut stdout = child.stdout.take().context("stdout")?;
+        let mut stderr = child.stderr.take().context("stderr")?;
+        let out_reader = std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut stdout, &mut buf);
+            buf
+        });
+        let err_reader = std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut stderr, &mut buf);
+            buf
+        });
+        let start = std::time::Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break status;
+            }
+            if start.elapsed() > limit {
+                let _ = child.kill();
+                let _ = child.wait();
+                let err = err_reader.join().unwrap_or_default();
+                bail!(
+                    "berth {} on {} did not finish within {limit:?}; stderr so far: {}",
+                    args.join(" "),
+                    self.host.name(),
+                    String::from_utf8_lossy(&err).trim()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        Ok(Output {
+            status,
+            stdout: out_reader.join().unwrap_or_default(),
+            stderr: err_reader.join().unwrap_or_default(),
+        })
+    }
+
     /// Runs `berth ARGS` and returns its stdout, or an error with its stderr.
     pub fn berth_ok(&self, args: &[&str]) -> anyhow::Result<String> {
         let out = self.berth(args)?;

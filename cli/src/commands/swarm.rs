@@ -364,22 +364,46 @@ async fn ca(daemon: &mut Daemon, args: CaArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How long [`wait_for_rotation`] keeps retrying when the managers do not answer (each
+/// manager restarts its cluster port with its new certificate during a rotation).
+const ROTATION_UNREACHABLE_GRACE: Duration = Duration::from_secs(30);
+
+async fn rotation_progress(daemon: &mut Daemon) -> anyhow::Result<Progress> {
+    let cluster = current_cluster(daemon).await?;
+    let nodes: Vec<_> = daemon
+        .control
+        .list_nodes(ListNodesRequest::default())
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .nodes
+        .into_iter()
+        .map(Arc::new)
+        .collect();
+    Ok(rotation::progress(&cluster, &nodes))
+}
+
 /// Follows a root rotation until it is done, printing each change of progress on stderr.
 async fn wait_for_rotation(daemon: &mut Daemon, quiet: bool) -> anyhow::Result<()> {
     let mut shown = None;
+    let mut failing_since: Option<tokio::time::Instant> = None;
     loop {
-        let cluster = current_cluster(daemon).await?;
-        let nodes: Vec<_> = daemon
-            .control
-            .list_nodes(ListNodesRequest::default())
-            .await
-            .map_err(status_error)?
-            .into_inner()
-            .nodes
-            .into_iter()
-            .map(Arc::new)
-            .collect();
-        let progress = rotation::progress(&cluster, &nodes);
+        let progress = match rotation_progress(daemon).await {
+            Ok(progress) => {
+                failing_since = None;
+                progress
+            }
+            Err(err) => {
+                let since = *failing_since.get_or_insert_with(tokio::time::Instant::now);
+                if since.elapsed() > ROTATION_UNREACHABLE_GRACE {
+                    return Err(err.context(
+                        "lost track of the root CA rotation (it goes on; see berth swarm ca)",
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
         if !quiet && shown != Some(progress) {
             match progress {
                 Progress::Reissuing { reissued, nodes } => {

@@ -5,6 +5,7 @@
 //! set up by the runtime's single-threaded helper.
 
 mod agent;
+mod cluster_tls;
 mod forward;
 mod local_api;
 mod membership;

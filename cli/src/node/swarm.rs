@@ -14,7 +14,7 @@ use berth_agent::engine::Engine;
 use berth_agent::session::NodeCallback;
 use berth_manager::manager::{InitOptions, Manager, ManagerConfig};
 use berth_proto::identity::Role;
-use berth_proto::identity::{CertDir, NodeCredentials, client_tls_config};
+use berth_proto::identity::{CertDir, NodeCredentials, client_tls_config, server_rustls_config};
 use berth_proto::v1::{
     InfoResponse, IssuanceState, LocalSwarmState, Node, NodeAvailability, NodeRole,
     SwarmInitRequest, SwarmJoinRequest,
@@ -22,12 +22,12 @@ use berth_proto::v1::{
 use tokio::net::TcpListener;
 use tokio::sync::{Mutex, Notify, watch};
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 
 use super::StateDir;
 use super::agent::NodeAgent;
+use super::cluster_tls::{self, ServerTls};
 use super::forward::Target;
 use super::membership::Membership;
 
@@ -65,6 +65,8 @@ struct Renewal {
 struct ClusterServer {
     cancel: CancellationToken,
     task: JoinHandle<()>,
+    /// The TLS configuration of the next handshakes (renewals swap it; the port stays open).
+    tls: ServerTls,
 }
 
 impl ClusterServer {
@@ -348,18 +350,18 @@ impl Swarm {
         creds: &NodeCredentials,
         listener: TcpListener,
     ) -> anyhow::Result<()> {
-        let tls = manager.server_tls_config()?;
+        let tls = ServerTls::new(
+            server_rustls_config(creds).context("configuring TLS on the cluster port")?,
+        );
         let routes = manager.routes();
         let cancel = CancellationToken::new();
         let shutdown = cancel.clone().cancelled_owned();
-        let server = tonic::transport::Server::builder()
-            .tls_config(tls)
-            .context("configuring TLS on the cluster port")?
-            .add_routes(routes);
+        let server = tonic::transport::Server::builder().add_routes(routes);
         let addr = active.membership.listen_addr.clone();
+        let incoming = cluster_tls::incoming(listener, tls.clone(), cancel.clone());
         let task = tokio::spawn(async move {
             if let Err(err) = server
-                .serve_with_incoming_shutdown(no_delay(TcpListenerStream::new(listener)), shutdown)
+                .serve_with_incoming_shutdown(incoming, shutdown)
                 .await
             {
                 tracing::error!(%addr, "cluster port stopped: {err}");
@@ -370,7 +372,7 @@ impl Swarm {
             creds,
         )?));
         active.manager = Some(manager);
-        active.server = Some(ClusterServer { cancel, task });
+        active.server = Some(ClusterServer { cancel, task, tls });
         Ok(())
     }
 
@@ -464,14 +466,26 @@ impl Swarm {
     }
 
     /// Uses a renewed certificate: a manager certificate on a worker starts a manager (it
-    /// joins Raft), a worker certificate on a manager stops it, and a manager keeps serving
-    /// with the new certificate.
+    /// joins Raft), a worker certificate on a manager stops it, and a manager keeps serving,
+    /// with the new certificate and trust bundle from the next TLS handshake on (the cluster
+    /// port stays open).
     async fn apply_credentials(self: &Arc<Self>, creds: NodeCredentials) -> anyhow::Result<()> {
         let role = creds.identity()?.role;
         let mut guard = self.active.lock().await;
         let Some(active) = guard.as_mut() else {
             return Ok(());
         };
+        if role == Role::Manager
+            && let (Some(manager), Some(server)) = (active.manager.as_ref(), active.server.as_ref())
+        {
+            manager.update_credentials(creds.clone())?;
+            server.tls.set(server_rustls_config(&creds)?);
+            self.control.set(Some(manager_channel(
+                &active.membership.advertise_addr,
+                &creds,
+            )?));
+            return Ok(());
+        }
         let running = active.manager.take();
         if let Some(server) = active.server.take() {
             server.stop().await;
@@ -576,19 +590,6 @@ async fn stop_active(active: Active) {
     {
         tracing::warn!("manager shutdown: {err}");
     }
-}
-
-/// Accepted connections with Nagle's algorithm off: Raft and control messages are small
-/// request/response exchanges, and Nagle plus delayed ACKs would add ~40 ms to each.
-fn no_delay(
-    incoming: TcpListenerStream,
-) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    use tokio_stream::StreamExt;
-    incoming.map(|stream| {
-        let stream = stream?;
-        stream.set_nodelay(true)?;
-        Ok(stream)
-    })
 }
 
 /// A channel to a manager's cluster port, authenticated with this node's certificate.

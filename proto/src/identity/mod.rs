@@ -23,6 +23,6 @@ pub use certs::{
 pub use tls::{
     IsRemoved, MANAGER_SERVER_NAME, NoneRemoved, Revocations, TlsError, TokenPinnedVerifier,
     anonymous_client_tls_config, client_tls_config, install_crypto_provider, join_endpoint,
-    peer_identity, require_role, server_tls_config,
+    peer_identity, require_role, server_rustls_config, server_tls_config,
 };
 pub use tokens::{JoinToken, TokenError};

@@ -33,12 +33,14 @@ use std::time::{Duration, SystemTime};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
-use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
-use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
 use tonic::{Request, Status};
 
-use super::certs::{CertError, NodeCredentials, NodeIdentity, Role};
+use super::certs::{CertError, NodeCredentials, NodeIdentity, Role, cert_ders};
 use super::tokens::{JoinToken, ca_digest_of};
 
 /// The TLS server name clients check when dialling a manager; every manager certificate
@@ -60,6 +62,9 @@ pub enum TlsError {
     /// tonic refused the endpoint configuration.
     #[error("failed to configure TLS on the endpoint: {0}")]
     Endpoint(#[from] tonic::transport::Error),
+    /// rustls refused the server configuration (a root, the chain or the key).
+    #[error("failed to build the TLS server configuration: {0}")]
+    Server(String),
 }
 
 /// Installs ring as the process-wide rustls crypto provider. Idempotent; call it first in
@@ -105,6 +110,35 @@ pub fn server_tls_config(creds: &NodeCredentials) -> Result<ServerTlsConfig, Tls
         .client_ca_root(Certificate::from_pem(&creds.ca_pem))
         .client_auth_optional(true)
         .timeout(HANDSHAKE_TIMEOUT))
+}
+
+/// [`server_tls_config`] as a rustls configuration (ALPN `h2`), for a server that swaps its
+/// configuration while it runs (berthd's cluster port takes a renewed certificate or a new
+/// trust bundle for the next handshake without closing). The handshake timeout is the
+/// acceptor's to apply ([`HANDSHAKE_TIMEOUT`]).
+pub fn server_rustls_config(creds: &NodeCredentials) -> Result<Arc<ServerConfig>, TlsError> {
+    creds.identity()?;
+    let server = |e: &dyn std::fmt::Display| TlsError::Server(e.to_string());
+    let mut roots = RootCertStore::empty();
+    for root in cert_ders(&creds.ca_pem).map_err(|_| TlsError::NoCaCertificate)? {
+        roots.add(root).map_err(|e| server(&e))?;
+    }
+    let provider = ring_provider();
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| server(&e))?;
+    let mut chain = cert_ders(&creds.cert_pem)?;
+    chain.extend(cert_ders(&creds.ca_pem)?);
+    let key = PrivateKeyDer::from_pem_slice(creds.key_pem.as_bytes()).map_err(|e| server(&e))?;
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| server(&e))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|e| server(&e))?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
 }
 
 /// Client side for a node with credentials: trusts only the bundle's roots, presents the

@@ -378,9 +378,8 @@ impl Swarm {
 
     /// Starts the node's background loops: certificate renewal (at 50-80 % of its validity,
     /// or at once when the managers changed this node's role or rotate the root CA) applying
-    /// each new certificate (a manager restarts its cluster port with it, so its TLS trusts
-    /// the new trust bundle),
-    /// and the agent (worker + session with the dispatcher).
+    /// each new certificate (a manager's cluster port takes it, and its trust bundle, for
+    /// the next TLS handshakes), and the agent (worker + session with the dispatcher).
     fn start_renewal(self: &Arc<Self>, active: &mut Active) {
         let creds = match self.cert_dir().load() {
             Ok(creds) => creds,

@@ -10,7 +10,8 @@
 //!   `berth-worker`), O = cluster id, and its DNS SANs are the node id and the OU;
 //! - private keys never leave the node that generated them and are stored with mode 0600;
 //! - every RPC other than the CA's join calls authorizes its caller with
-//!   [`tls::require_role`]; the TLS layer alone only proves "signed by our root CA".
+//!   [`tls::require_role`]; the TLS layer alone only proves "chains to a root of our trust
+//!   bundle" (one root CA, two during a root rotation).
 
 pub mod certs;
 pub mod renewal;

@@ -298,7 +298,9 @@ fn a_failing_update_pauses_or_rolls_back_with_the_reason() -> anyhow::Result<()>
     let cluster = cluster(2, "worker")?;
     let node = cluster.node(0);
 
-    // failure action pause (Docker's default)
+    // Failure action pause (Docker's default). Like Swarm, the next slot is taken once the
+    // new task runs, and failures within the monitor period count: the 2 s delay lets the
+    // failure be seen before the next batch, so the pause leaves slots 2 and 3 untouched.
     create(node, "paused", "3", LOOP)?;
     wait_serving(&cluster, 0, "paused", 3)?;
     let err = node.berth_err(&[
@@ -308,6 +310,8 @@ fn a_failing_update_pauses_or_rolls_back_with_the_reason() -> anyhow::Result<()>
         "sh -c 'exit 1'",
         "--update-monitor",
         "1s",
+        "--update-delay",
+        "2s",
         "paused",
     ])?;
     assert!(

@@ -297,9 +297,16 @@ pub(super) async fn follow(
         up_to_date: true,
         ended_before,
     };
+    // Registered before the progress, so a Ctrl-C that ended it also ends the wait below.
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(|e| anyhow::anyhow!("listening for Ctrl-C: {e}"))?;
     progress::watch(daemon, service_id, RenderMode::for_stdout(quiet), options).await?;
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
+    if tokio::time::timeout(Duration::ZERO, interrupt.recv())
+        .await
+        .is_ok()
+    {
+        return Ok(());
+    }
     loop {
         let service = daemon
             .control
@@ -318,7 +325,7 @@ pub(super) async fn follow(
         }
         tokio::select! {
             () = tokio::time::sleep(STATUS_POLL) => {}
-            _ = &mut ctrl_c => {
+            _ = interrupt.recv() => {
                 if !quiet {
                     println!("Operation continuing in background.");
                 }

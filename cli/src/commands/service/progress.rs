@@ -658,8 +658,10 @@ pub async fn watch(
     let mut renderer = Renderer::new(std::io::stdout(), mode);
     let mut tracker = Tracker::with_history(options.ended_before);
     let start = tokio::time::Instant::now();
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
+    // Registered now, before the first line is drawn: `tokio::signal::ctrl_c()` would only
+    // install its handler when first polled, and a Ctrl-C before that would kill the CLI.
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(|e| anyhow::anyhow!("listening for Ctrl-C: {e}"))?;
     let mut name = service_id.to_string();
     let mut failing_since: Option<tokio::time::Instant> = None;
     loop {
@@ -692,7 +694,7 @@ pub async fn watch(
         }
         tokio::select! {
             () = tokio::time::sleep(POLL) => {}
-            _ = &mut ctrl_c => {
+            _ = interrupt.recv() => {
                 renderer.message("Operation continuing in background.")?;
                 renderer.message(&format!("Use `berth service ps {name}` to check progress."))?;
                 return Ok(());

@@ -291,7 +291,7 @@ fn converge(cluster: &TestCluster, service: &str, want: &str) -> anyhow::Result<
 #[test]
 fn services_reach_each_other_through_vips_dns_and_the_routing_mesh() -> anyhow::Result<()> {
     wait::init_test_logging();
-    let cluster = cluster(2)?;
+    let mut cluster = cluster(2)?;
     let n0 = cluster.node(0);
     let image = berth_tests::image::DEFAULT_REF;
     n0.berth_ok(&["network", "create", "front"])?;
@@ -375,6 +375,7 @@ fn services_reach_each_other_through_vips_dns_and_the_routing_mesh() -> anyhow::
         assert!(seen.contains(&body), "{body:?} is not one of {seen:?}");
     }
 
+    tracing::info!("published port answers on every node");
     // Scale down: within a second of the task being gone, no request goes to it.
     n0.berth_ok(&["service", "scale", "-d", "web=2"])?;
     converge(&cluster, "web", "2/2")?;
@@ -403,6 +404,65 @@ fn services_reach_each_other_through_vips_dns_and_the_routing_mesh() -> anyhow::
             "mesh sent a request to a removed task: {body:?}"
         );
     }
+
+    tracing::info!(
+        ?after,
+        "after scaling down, only the remaining replicas answer"
+    );
+    // DNS round robin: the name gives the tasks' addresses, no VIP.
+    n0.berth_ok(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "rr",
+        "--network",
+        "front",
+        "--replicas",
+        "2",
+        "--endpoint-mode",
+        "dnsrr",
+        image,
+        "sh",
+        "-c",
+        SERVE_HOSTNAME,
+    ])?;
+    converge(&cluster, "rr", "2/2")?;
+    let mut out = String::new();
+    wait::wait_until(
+        Duration::from_secs(10),
+        "rr resolves to its 2 tasks",
+        || {
+            out = exec(&cluster, 0, &client, &["nslookup", "rr"])?.1;
+            Ok(out
+                .lines()
+                .filter(|l| l.starts_with("Address: 10.0.1."))
+                .count()
+                == 2)
+        },
+    )?;
+    let svc = inspect(&cluster, &["service", "inspect", "rr"])?;
+    assert!(
+        svc["Endpoint"]["VirtualIPs"]
+            .as_array()
+            .is_none_or(|v| v.is_empty()),
+        "{svc}"
+    );
+
+    // A restarted daemon adopts its containers and their data path: the embedded DNS of
+    // the client answers again, and its VIP still balances.
+    tracing::info!(%out, "rr resolves to its tasks");
+    cluster.node_mut(0).kill9()?;
+    cluster.node_mut(0).start()?;
+    wait::wait_until_or_dump(
+        Duration::from_secs(30),
+        "the client resolves web after berthd restarted",
+        || Ok(exec(&cluster, 0, &client, &["nslookup", "web"])?.0),
+        || cluster.logs(),
+    )?;
+    let again = wget_all(&cluster, 0, &client, "http://web/", 6)?;
+    tracing::info!(?again, "after berthd restarted, DNS and the VIP work again");
+    assert!(again.is_subset(&after), "{again:?} vs {after:?}");
     Ok(())
 }
 

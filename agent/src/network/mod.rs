@@ -304,6 +304,15 @@ impl NetworkAgent {
                     want.insert((plan::mac_of(ip), *dst));
                 }
             }
+            // The peers' own bridges (their address on the network).
+            for p in &n.peers {
+                if let (Some(dst), Some((ip, _))) = (
+                    underlay.get(p.node_id.as_str()),
+                    plan::parse_cidr(&p.network_addr),
+                ) {
+                    want.insert((plan::mac_of(ip), *dst));
+                }
+            }
             let have = state.fdb.entry(vni).or_default();
             let gone: Vec<_> = have.difference(&want).cloned().collect();
             let new: Vec<_> = want.difference(have).cloned().collect();

@@ -59,7 +59,7 @@ fn task(id: &str, service: &str, addr: &str) -> Task {
     }
 }
 
-fn view(node_addr: &str, peer: (&str, &str), web_active: bool) -> NetworksMessage {
+fn view(node_addr: &str, peer: (&str, &str, &str), web_active: bool) -> NetworksMessage {
     let ep = |task: &str, svc: &str, node: &str, addr: &str, active: bool| NetworkEndpoint {
         task_id: task.into(),
         service_id: svc.into(),
@@ -76,6 +76,7 @@ fn view(node_addr: &str, peer: (&str, &str), web_active: bool) -> NetworksMessag
             peers: vec![NetworkPeer {
                 node_id: peer.0.into(),
                 addr: peer.1.into(),
+                network_addr: peer.2.into(),
             }],
             endpoints: vec![
                 ep("ta", "cli", "n1", "10.9.0.3/24", true),
@@ -201,8 +202,16 @@ async fn two_nodes_carry_vip_and_dns_traffic_and_detach_cleanly() {
         let c = cancel.clone();
         tokio::spawn(async move { a.run(c).await });
     }
-    a1.set_view(view("10.9.0.201/24", ("n2", "192.0.2.2"), true));
-    a2.set_view(view("10.9.0.202/24", ("n1", "192.0.2.1"), true));
+    a1.set_view(view(
+        "10.9.0.201/24",
+        ("n2", "192.0.2.2", "10.9.0.202/24"),
+        true,
+    ));
+    a2.set_view(view(
+        "10.9.0.202/24",
+        ("n1", "192.0.2.1", "10.9.0.201/24"),
+        true,
+    ));
     let ta = a1
         .attach(&task("ta", "cli", "10.9.0.3/24"), "cli.1")
         .await
@@ -273,7 +282,11 @@ async fn two_nodes_carry_vip_and_dns_traffic_and_detach_cleanly() {
     assert_eq!(tasks, vec![Ipv4Addr::new(10, 9, 0, 4)]);
 
     // web's task stops: the VIP refuses at once and DNS has no task left.
-    a1.set_view(view("10.9.0.201/24", ("n2", "192.0.2.2"), false));
+    a1.set_view(view(
+        "10.9.0.201/24",
+        ("n2", "192.0.2.2", "10.9.0.202/24"),
+        false,
+    ));
     let mut rules = String::new();
     for _ in 0..50 {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -309,21 +322,26 @@ async fn two_nodes_carry_vip_and_dns_traffic_and_detach_cleanly() {
     a1.set_view(empty.clone());
     a2.set_view(empty);
     let mut left = Vec::new();
-    for _ in 0..50 {
+    let mut tables = String::new();
+    for _ in 0..100 {
         tokio::time::sleep(Duration::from_millis(20)).await;
         left = links(&n1).into_iter().chain(links(&n2)).collect();
-        if left.iter().all(|l| !l.starts_with(plan::IFACE_PREFIX)) {
+        tables.clear();
+        for n in [&n1, &n2] {
+            let out = tokio::process::Command::new("nsenter")
+                .arg(format!("--net={}", n.display()))
+                .args(["nft", "list", "tables"])
+                .output()
+                .await
+                .expect("nft list");
+            tables.push_str(String::from_utf8_lossy(&out.stdout).trim());
+        }
+        if left.iter().all(|l| !l.starts_with(plan::IFACE_PREFIX)) && tables.is_empty() {
             break;
         }
     }
     assert_eq!(left, vec!["lo", "u1", "lo", "u2"]);
-    let out = tokio::process::Command::new("nsenter")
-        .arg(format!("--net={}", n1.display()))
-        .args(["nft", "list", "tables"])
-        .output()
-        .await
-        .expect("nft list");
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "");
+    assert_eq!(tables, "", "nftables tables left in the nodes");
     cancel.cancel();
     drop(guard);
 }

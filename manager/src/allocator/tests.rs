@@ -480,6 +480,8 @@ fn nodes_get_their_own_addresses_and_views_follow_the_tasks() {
     assert!(!fv.node_addr.is_empty());
     let peers: Vec<&str> = fv.peers.iter().map(|p| p.addr.as_str()).collect();
     assert_eq!(peers, vec!["192.0.2.1"]);
+    // The peer's own address on the network, for its bridge's forwarding entry.
+    assert!(fv.peers[0].network_addr.ends_with("/24"), "{:?}", fv.peers);
     let active: Vec<(&str, bool)> = fv
         .endpoints
         .iter()

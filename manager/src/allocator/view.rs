@@ -85,15 +85,18 @@ fn service_name(s: &Service) -> String {
         .unwrap_or_default()
 }
 
+/// The node's own address on network `network_id`, if allocated.
+fn attachment_addr(n: &Node, network_id: &str) -> Option<String> {
+    n.attachments
+        .iter()
+        .find(|a| a.network.as_ref().is_some_and(|x| x.id == network_id))
+        .and_then(|a| a.addresses.first().cloned())
+}
+
 fn network_view(t: &Tables, node_id: &str, net: &Network, is_ingress_net: bool) -> NetworkView {
     let node_addr = t
         .get::<Node>(node_id)
-        .and_then(|n| {
-            n.attachments
-                .iter()
-                .find(|a| a.network.as_ref().is_some_and(|x| x.id == net.id))
-                .and_then(|a| a.addresses.first().cloned())
-        })
+        .and_then(|n| attachment_addr(&n, &net.id))
         .unwrap_or_default();
     let mut endpoints = Vec::new();
     let mut peer_ids: BTreeSet<String> = BTreeSet::new();
@@ -128,6 +131,7 @@ fn network_view(t: &Tables, node_id: &str, net: &Network, is_ingress_net: bool) 
             Some(NetworkPeer {
                 node_id: n.id.clone(),
                 addr: underlay_addr(&n)?,
+                network_addr: attachment_addr(&n, &net.id).unwrap_or_default(),
             })
         })
         .collect();

@@ -31,7 +31,8 @@
 //! poll; ours include the CLI call and a 10 ms poll.
 //!
 //! Knobs (env): `BENCH_RUNS` (3), `IDLE_SECS` (30), `SWARM` (1: run the anchor; 0: skip),
-//! `SIM_NODES` (1000), `SIM_TASKS` (50000), `BENCH_QUICK=1` (the reduced form for CI: 1 run,
+//! `SIM_NODES` (1000), `SIM_TASKS` (50000), `BENCH_PARTS` (`one,sim`: the one-node part with
+//! Swarm, the simulated-node part), `BENCH_QUICK=1` (the reduced form for CI: 1 run,
 //! 1/10 replicas and 10 → 20 → 0, 5 s idle, 100 simulated nodes × 5 000 tasks, no Swarm).
 
 use std::collections::BTreeMap;
@@ -46,7 +47,7 @@ use berth_agent::session::{Session, SessionConfig};
 use berth_agent::worker::{SimulatedExecutor, Worker, WorkerConfig};
 use berth_manager::ca::{DEFAULT_NODE_CERT_VALIDITY, RootCa};
 use berth_manager::manager::{InitOptions, Manager, ManagerConfig};
-use berth_manager::store::StoreActions;
+use berth_manager::store::{ChangeSet, Event, Object, StoreActions};
 use berth_proto::identity::{Role, client_tls_config, install_crypto_provider};
 use berth_proto::v1::control_client::ControlClient;
 use berth_proto::v1::list_tasks_request::Filters;
@@ -87,6 +88,10 @@ struct Config {
     scaled: u64,
     sim_nodes: usize,
     sim_tasks: u64,
+    /// Run the one-node part (and Swarm).
+    one_node: bool,
+    /// Run the simulated-node part.
+    sim: bool,
 }
 
 fn env<T: std::str::FromStr>(name: &str) -> Option<T> {
@@ -96,6 +101,7 @@ fn env<T: std::str::FromStr>(name: &str) -> Option<T> {
 impl Config {
     fn from_env() -> Config {
         let quick = env::<u8>("BENCH_QUICK").is_some_and(|q| q != 0);
+        let parts = std::env::var("BENCH_PARTS").unwrap_or_else(|_| "one,sim".into());
         Config {
             runs: env("BENCH_RUNS")
                 .unwrap_or(if quick { 1 } else { 3 })
@@ -106,6 +112,8 @@ impl Config {
             scaled: if quick { 10 } else { 100 },
             sim_nodes: env("SIM_NODES").unwrap_or(if quick { 100 } else { 1000 }),
             sim_tasks: env("SIM_TASKS").unwrap_or(if quick { 5000 } else { 50_000 }),
+            one_node: parts.split(',').any(|p| p.trim() == "one"),
+            sim: parts.split(',').any(|p| p.trim() == "sim"),
         }
     }
 }
@@ -493,6 +501,65 @@ struct SimResult {
     cpu_s: f64,
 }
 
+/// Tasks placed on a node and tasks running, in the whole store (the benchmark's only
+/// service), kept current from change sets.
+struct Counts {
+    placed: i64,
+    running: i64,
+}
+
+fn placed(t: &Task) -> i64 {
+    i64::from(!t.node_id.is_empty())
+}
+
+fn running(t: &Task) -> i64 {
+    i64::from(t.status.as_ref().map(|s| s.state) == Some(TaskState::Running as i32))
+}
+
+impl Counts {
+    fn of(tables: &berth_manager::store::Tables) -> Counts {
+        let mut c = Counts {
+            placed: 0,
+            running: 0,
+        };
+        for t in tables.table::<Task>().iter() {
+            c.placed += placed(t);
+            c.running += running(t);
+        }
+        c
+    }
+
+    fn apply(&mut self, changes: &ChangeSet) {
+        for event in &changes.events {
+            match event {
+                Event::Created(Object::Task(t)) => {
+                    self.placed += placed(t);
+                    self.running += running(t);
+                }
+                Event::Updated {
+                    old: Object::Task(old),
+                    new: Object::Task(new),
+                } => {
+                    self.placed += placed(new) - placed(old);
+                    self.running += running(new) - running(old);
+                }
+                Event::Removed(Object::Task(t)) => {
+                    self.placed -= placed(t);
+                    self.running -= running(t);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn snapshot(&self) -> (u64, u64) {
+        (
+            u64::try_from(self.placed).unwrap_or(0),
+            u64::try_from(self.running).unwrap_or(0),
+        )
+    }
+}
+
 fn self_cpu_s() -> f64 {
     cpu_ticks(&[std::process::id()])
         .values()
@@ -625,9 +692,13 @@ async fn simulated(nodes: usize, tasks: u64) -> anyhow::Result<SimResult> {
         .connect()
         .await?;
     let mut control = ControlClient::new(channel);
+    // Counted from the store's change stream: no polling load on the manager.
+    let (tables, mut watch) = store.subscribe();
+    let mut counts = Counts::of(&tables);
+    drop(tables);
     let cpu0 = self_cpu_s();
     let t0 = Instant::now();
-    let service = control
+    control
         .create_service(CreateServiceRequest {
             spec: Some(ServiceSpec {
                 annotations: Some(Annotations {
@@ -653,19 +724,7 @@ async fn simulated(nodes: usize, tasks: u64) -> anyhow::Result<SimResult> {
     let mut all_placed = None;
     let deadline = t0 + Duration::from_secs(900);
     let all_running = loop {
-        let (placed, running) = store.view(|t| {
-            let mut placed = 0u64;
-            let mut running = 0u64;
-            for task in t.find::<Task>(&berth_manager::store::By::ServiceId(service.id.clone())) {
-                if !task.node_id.is_empty() {
-                    placed += 1;
-                }
-                if task.status.as_ref().map(|s| s.state) == Some(TaskState::Running as i32) {
-                    running += 1;
-                }
-            }
-            (placed, running)
-        });
+        let (placed, running) = counts.snapshot();
         let now = t0.elapsed().as_secs_f64();
         if placed > 0 && first_placed.is_none() {
             first_placed = Some(now);
@@ -681,7 +740,16 @@ async fn simulated(nodes: usize, tasks: u64) -> anyhow::Result<SimResult> {
             Instant::now() < deadline,
             "after 900 s: {placed} placed, {running} running of {tasks}"
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        match tokio::time::timeout(Duration::from_secs(1), watch.recv()).await {
+            Err(_) => {}
+            Ok(Ok(changes)) => counts.apply(&changes),
+            Ok(Err(e)) => {
+                eprintln!("# store watch: {e}; recounting");
+                let (tables, w) = store.subscribe();
+                watch = w;
+                counts = Counts::of(&tables);
+            }
+        }
     };
     let cpu_s = self_cpu_s() - cpu0;
     agents.cancel();
@@ -738,11 +806,22 @@ fn main() -> anyhow::Result<()> {
         load(),
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
+    if cfg.one_node {
+        one_node_part(&rt, &cfg)?;
+    }
+    if cfg.sim {
+        sim_part(&rt, &cfg)?;
+    }
+    Ok(())
+}
+
+/// The one-node figures, Swarm's, and their table.
+fn one_node_part(rt: &Runtime, cfg: &Config) -> anyhow::Result<()> {
     let mut s = Samples::default();
-    one_node(&rt, &cfg, &mut s)?;
+    one_node(rt, cfg, &mut s)?;
     let load_ours = load();
     let anchor = if cfg.swarm {
-        swarm_anchor(&cfg)?
+        swarm_anchor(cfg)?
     } else {
         Anchor::new()
     };
@@ -850,6 +929,11 @@ fn main() -> anyhow::Result<()> {
         }
     }
 
+    Ok(())
+}
+
+/// The simulated-node figures.
+fn sim_part(rt: &Runtime, cfg: &Config) -> anyhow::Result<()> {
     println!();
     println!("## scale: simulated nodes against a real manager (Raft on sled, fsync)");
     let sim = rt.block_on(simulated(cfg.sim_nodes, cfg.sim_tasks))?;

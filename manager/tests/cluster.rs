@@ -18,10 +18,11 @@ use berth_proto::identity::{
 use berth_proto::v1::ca_client::CaClient;
 use berth_proto::v1::control_client::ControlClient;
 use berth_proto::v1::{
-    Annotations, ContainerSpec, CreateServiceRequest, GetJoinTokensRequest, GetNodeRequest,
-    GetRaftStatusRequest, GetRootCaCertificateRequest, IssuanceState, IssueNodeCertificateRequest,
-    ListNodesRequest, ListServicesRequest, NodeCertificateStatusRequest, NodeRole,
-    RemoveNodeRequest, RenewNodeCertificateRequest, RotateJoinTokenRequest, ServiceSpec, TaskSpec,
+    Annotations, ConfigSpec, ContainerSpec, CreateConfigRequest, CreateSecretRequest,
+    CreateServiceRequest, GetJoinTokensRequest, GetNodeRequest, GetRaftStatusRequest,
+    GetRootCaCertificateRequest, IssuanceState, IssueNodeCertificateRequest, ListNodesRequest,
+    ListServicesRequest, NodeCertificateStatusRequest, NodeRole, RemoveNodeRequest,
+    RenewNodeCertificateRequest, RotateJoinTokenRequest, SecretSpec, ServiceSpec, TaskSpec,
     UpdateNodeRequest,
 };
 use tokio::net::TcpListener;
@@ -1003,6 +1004,93 @@ async fn a_promoted_worker_renews_as_manager_and_joins_raft() -> anyhow::Result<
         .context("manager status")?;
     assert_eq!(status.addr, my_addr);
     assert!(!status.leader);
+    for m in members.iter_mut() {
+        m.stop().await?;
+    }
+    Ok(())
+}
+
+/// The largest secret (500 KiB - 1) and config (1000 KiB - 1) Docker accepts are one Raft
+/// entry each; openraft 0.9 gives an AppendEntries call only one heartbeat interval, so these
+/// must still reach every manager, and later small writes must still commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_largest_secrets_and_configs_replicate_to_every_manager() -> anyhow::Result<()> {
+    let (mut members, _) = start_cluster(2).await?;
+    let (addr, creds) = (members[1].addr.clone(), members[1].creds.clone());
+    let mut ids = Vec::new();
+    for round in 0..2u8 {
+        let started = Instant::now();
+        let secret = control(&addr, &creds)
+            .await?
+            .create_secret(CreateSecretRequest {
+                spec: Some(SecretSpec {
+                    annotations: Some(Annotations {
+                        name: unique("big-secret"),
+                        ..Default::default()
+                    }),
+                    data: vec![b'a' + round; 500 * 1024 - 1],
+                }),
+            })
+            .await?
+            .into_inner()
+            .secret
+            .context("secret")?;
+        let config = control(&addr, &creds)
+            .await?
+            .create_config(CreateConfigRequest {
+                spec: Some(ConfigSpec {
+                    annotations: Some(Annotations {
+                        name: unique("big-config"),
+                        ..Default::default()
+                    }),
+                    data: vec![b'A' + round; 1000 * 1024 - 1],
+                }),
+            })
+            .await?
+            .into_inner()
+            .config
+            .context("config")?;
+        tracing::info!(elapsed = ?started.elapsed(), round, "large secret and config committed");
+        ids.push((secret.id, config.id));
+    }
+    // A small write after them commits at once.
+    let web = unique("web");
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        control(&addr, &creds)
+            .await?
+            .create_service(CreateServiceRequest {
+                spec: Some(service_spec(&web)),
+            }),
+    )
+    .await
+    .context("a small write after the large ones timed out")??;
+    for m in &members {
+        let store = m.manager()?.store();
+        wait_until(
+            "the large objects are on every manager",
+            Duration::from_secs(10),
+            || {
+                let all = ids.iter().all(|(s, c)| {
+                    store.view(|t| {
+                        let secret = t.get::<berth_proto::v1::Secret>(s);
+                        let config = t.get::<berth_proto::v1::Config>(c);
+                        secret.is_some_and(|s| {
+                            s.sealed
+                                .as_ref()
+                                .is_some_and(|d| d.ciphertext.len() >= 500 * 1024 - 1)
+                        }) && config.is_some_and(|c| {
+                            c.spec
+                                .as_ref()
+                                .is_some_and(|s| s.data.len() == 1000 * 1024 - 1)
+                        })
+                    })
+                });
+                async move { all }
+            },
+        )
+        .await?;
+    }
     for m in members.iter_mut() {
         m.stop().await?;
     }

@@ -412,11 +412,23 @@ fn secrets_and_configs_reach_containers_on_tmpfs_and_no_disk_in_clear() -> anyho
     let too_big = vec![b'x'; 500 * 1024];
     let err = berth_stdin_err(m0, &["secret", "create", "big", "-"], &too_big)?;
     ensure!(err.contains("less than 500 KiB"), "oversized secret: {err}");
-    // A large secret is accepted (the full 500 KiB is not tried: an entry that large does not
-    // replicate within the Raft heartbeat-sized AppendEntries timeout of a debug build).
-    let large = vec![b'x'; 64 * 1024];
-    berth_stdin_ok(m0, &["secret", "create", "fits", "-"], &large)?;
+    // The largest secret and config Docker accepts are taken, replicate to the second
+    // manager (one Raft entry each) and leave the cluster writable.
+    let largest = vec![b'x'; 500 * 1024 - 1];
+    berth_stdin_ok(m0, &["secret", "create", "fits", "-"], &largest)?;
+    let largest = vec![b'y'; 1000 * 1024 - 1];
+    berth_stdin_ok(m0, &["config", "create", "fits", "-"], &largest)?;
+    wait::wait_until(
+        Duration::from_secs(10),
+        "the largest ones reach manager 1",
+        || {
+            let secrets = cluster.node(1).berth_ok(&["secret", "ls"])?;
+            let configs = cluster.node(1).berth_ok(&["config", "ls"])?;
+            Ok(secrets.contains(" fits ") && configs.contains(" fits "))
+        },
+    )?;
     m0.berth_ok(&["secret", "rm", "fits"])?;
+    cluster.node(1).berth_ok(&["config", "rm", "fits"])?;
     let err = berth_stdin_err(
         m0,
         &["config", "create", "big", "-"],
@@ -550,12 +562,18 @@ fn secrets_and_configs_reach_containers_on_tmpfs_and_no_disk_in_clear() -> anyho
     let raft0 = m0.state_dir().join("raft");
     let raft1 = m1.state_dir().join("raft");
     // Positive control: the config is stored in clear, so the scan finds it in both managers'
-    // Raft logs (the snapshot side is covered in-process by the manager's own tests).
+    // Raft logs and, with `--snapshot-interval 5`, in their snapshots.
     for raft in [&raft0, &raft1] {
         let found = files_holding(&config, &[raft])?;
         ensure!(
             !found.is_empty(),
             "the scan does not see clear data in {raft:?}"
+        );
+        let snapshots = raft.join("snapshot");
+        let found = files_holding(&config, &[snapshots.as_path()])?;
+        ensure!(
+            !found.is_empty(),
+            "no snapshot in {snapshots:?} holds the config (snapshot interval 5)"
         );
     }
     let canary = marker("berth-canary");

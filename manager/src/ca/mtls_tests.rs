@@ -263,9 +263,7 @@ async fn renew_echo(channel: Channel) -> Result<String, Status> {
 
 async fn raft_vote(channel: Channel) -> Result<String, Status> {
     RaftClient::new(channel)
-        .vote(v1::RaftRequest {
-            payload: Vec::new(),
-        })
+        .vote(v1::RaftRequest::default())
         .await
         .map(|r| String::from_utf8_lossy(&r.into_inner().payload).into_owned())
 }

@@ -26,10 +26,7 @@ use openraft::storage::RaftLogStorage;
 use openraft::{BasicNode, Entry, EntryPayload, LogId, Membership};
 
 use super::ManagerError;
-use crate::raft::{LogStore, NodeId, TypeConfig};
-
-/// Chunk size used when writing the entry (the store reassembles any chunking).
-const CHUNK: usize = 4096;
+use crate::raft::{LogStore, NodeId, TypeConfig, entry_chunks};
 
 fn err(what: &str, e: impl std::fmt::Display) -> ManagerError {
     ManagerError::Recovery(format!("{what}: {e}"))
@@ -68,7 +65,7 @@ pub(crate) async fn reset_membership(
         log_id,
         payload: EntryPayload::Membership(membership),
     };
-    let value = serde_json::to_vec(&entry).map_err(|e| err("encoding the membership entry", e))?;
+    let records = entry_chunks(&entry).map_err(|e| err("encoding the membership entry", e))?;
 
     let db = sled::Config::new()
         .path(&log_dir)
@@ -78,11 +75,8 @@ pub(crate) async fn reset_membership(
         .open_tree("logs")
         .map_err(|e| err("opening the log", e))?;
     let mut batch = sled::Batch::default();
-    for (n, chunk) in value.chunks(CHUNK).enumerate() {
-        let mut key = [0u8; 12];
-        key[..8].copy_from_slice(&log_id.index.to_be_bytes());
-        key[8..].copy_from_slice(&u32::try_from(n).unwrap_or(u32::MAX).to_be_bytes());
-        batch.insert(&key[..], chunk);
+    for (key, piece) in records {
+        batch.insert(&key[..], piece);
     }
     logs.apply_batch(batch)
         .map_err(|e| err("appending the membership entry", e))?;

@@ -1,9 +1,9 @@
 //! The Raft log, vote and commit index on sled ([`LogStore`], openraft's `RaftLogStorage`).
 //!
 //! Layout of the sled database (a directory of its own):
-//! - tree `logs`: an entry is its JSON encoding cut into chunks of at most [`CHUNK`] bytes,
-//!   key = log index (8 bytes big-endian) + chunk number (4 bytes big-endian), so key order
-//!   is log order;
+//! - tree `logs`: an entry is its binary form ([`super::entry_codec`]) cut into chunks of at
+//!   most [`CHUNK`] bytes, key = log index (8 bytes big-endian) + chunk number (4 bytes
+//!   big-endian), so key order is log order;
 //! - tree `raft_meta`: `vote`, `committed`, `last_purged` (JSON).
 //!
 //! Why chunks and an extra fsync: sled 0.34 writes its log with `sync_file_range`, which is
@@ -36,6 +36,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use super::entry_codec;
 use super::types::{NodeId, TypeConfig};
 
 type StorageResult<T> = Result<T, StorageError<NodeId>>;
@@ -61,6 +62,21 @@ fn io_err(
 
 fn logs_err(verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError<NodeId> {
     io_err(ErrorSubject::Logs, verb, e)
+}
+
+/// The sled records of `entry`: its binary form ([`entry_codec`]) cut into pieces of at most
+/// [`CHUNK`] bytes, keyed by index and piece number. Also used by force-new-cluster, which
+/// appends an entry while Raft is stopped.
+pub fn entry_chunks(entry: &Entry<TypeConfig>) -> io::Result<Vec<([u8; 12], Vec<u8>)>> {
+    let bytes = entry_codec::encode_entry(entry).map_err(io::Error::other)?;
+    bytes
+        .chunks(CHUNK)
+        .enumerate()
+        .map(|(n, piece)| {
+            let n = u32::try_from(n).map_err(|_| io::Error::other("log entry too large"))?;
+            Ok((chunk_key(entry.log_id.index, n), piece.to_vec()))
+        })
+        .collect()
 }
 
 fn chunk_key(index: u64, chunk: u32) -> [u8; 12] {
@@ -240,8 +256,13 @@ impl LogReader {
 }
 
 fn decode_entry(index: u64, bytes: &[u8]) -> StorageResult<Entry<TypeConfig>> {
-    let entry: Entry<TypeConfig> = serde_json::from_slice(bytes)
-        .map_err(|e| io_err(ErrorSubject::LogIndex(index), ErrorVerb::Read, e))?;
+    let entry = entry_codec::decode_entry(bytes).map_err(|e| {
+        io_err(
+            ErrorSubject::LogIndex(index),
+            ErrorVerb::Read,
+            io::Error::other(e),
+        )
+    })?;
     if entry.log_id.index != index {
         let e = io::Error::other(format!(
             "entry stored at {index} has index {}",
@@ -354,13 +375,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                     AnyError::from_dyn(e, None),
                 ))
             };
-            let bytes = serde_json::to_vec(&entry).map_err(|e| write_err(&e))?;
-            let mut chunks = 0u32;
-            for piece in bytes.chunks(CHUNK) {
-                batch.insert(&chunk_key(index, chunks), piece);
-                chunks = chunks
-                    .checked_add(1)
-                    .ok_or_else(|| write_err(&io::Error::other("log entry too large")))?;
+            let pieces = entry_chunks(&entry).map_err(|e| write_err(&e))?;
+            let chunks = u32::try_from(pieces.len()).unwrap_or(u32::MAX);
+            for (key, piece) in pieces {
+                batch.insert(&key, piece);
             }
             // Chunks of an older, longer entry at this index must not survive.
             let stale_end = match index.checked_add(1) {

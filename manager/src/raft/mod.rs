@@ -13,8 +13,10 @@
 // every storage signature; boxing them would fight the trait definitions.
 #![allow(clippy::result_large_err)]
 
+pub mod entry_codec;
 mod log_store;
 mod mem_network;
+pub mod snapshot_schedule;
 mod state_machine;
 mod types;
 
@@ -34,7 +36,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use log_store::{LogReader, LogStore};
+pub use log_store::{LogReader, LogStore, entry_chunks};
 pub use mem_network::{MemConnection, MemNetwork, MemRouter};
 pub use state_machine::StateMachine;
 pub use types::{ApplyResult, NodeId, RaftRequest, TypeConfig, now};
@@ -50,7 +52,8 @@ pub struct RaftConfig {
     pub election_timeout_min: Duration,
     /// Upper bound of the randomised election timeout.
     pub election_timeout_max: Duration,
-    /// When to snapshot the store and compact the log.
+    /// openraft's own snapshot policy. Off by default: snapshots follow the cluster object's
+    /// interval ([`snapshot_schedule`]); tests may set a fixed policy here as well.
     pub snapshot_policy: SnapshotPolicy,
     /// Log entries kept behind the last snapshot for slow followers.
     pub max_in_snapshot_log_to_keep: u64,
@@ -67,7 +70,7 @@ impl Default for RaftConfig {
             heartbeat_interval: Duration::from_millis(50),
             election_timeout_min: Duration::from_millis(150),
             election_timeout_max: Duration::from_millis(300),
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(10_000),
+            snapshot_policy: SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: 500,
             write_timeout: Duration::from_secs(10),
             watch_capacity: crate::store::DEFAULT_WATCH_CAPACITY,
@@ -85,6 +88,10 @@ impl RaftConfig {
             election_timeout_max: ms(self.election_timeout_max),
             snapshot_policy: self.snapshot_policy.clone(),
             max_in_snapshot_log_to_keep: self.max_in_snapshot_log_to_keep,
+            // A chunk travels raw (see `raft_net::wire`); 1 MiB in 1 s leaves a debug build
+            // and a loaded host room. Unlike AppendEntries, snapshots have their own deadline.
+            snapshot_max_chunk_size: 1024 * 1024,
+            install_snapshot_timeout: 1000,
             ..Config::default()
         }
         .validate()
@@ -258,6 +265,7 @@ impl RaftNode {
                 }
             }
         });
+        snapshot_schedule::spawn(&tasks, cancel.clone(), raft.clone(), store.clone());
         tasks.close();
         Ok(RaftNode {
             id,
@@ -809,6 +817,66 @@ mod tests {
             .await?;
         cluster.restart(lagging).await?;
         cluster.converged(leader).await?;
+        cluster.stop().await
+    }
+
+    #[tokio::test]
+    async fn snapshots_follow_the_cluster_objects_interval() -> anyhow::Result<()> {
+        let cluster = Cluster::start(&[1], fast_config()).await?;
+        cluster.leader().await?;
+        let node = &cluster.nodes[&1];
+        let snapshot = || node.metrics().borrow().snapshot.map(|l| l.index);
+        for i in 0..12 {
+            node.write(&tasks_batch(&format!("a{i}"), 1)).await?;
+        }
+        // Without a cluster object the interval is Docker's 10 000.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(snapshot(), None);
+
+        let spec = |interval| berth_proto::v1::Cluster {
+            id: "c".into(),
+            spec: Some(berth_proto::v1::ClusterSpec {
+                raft: Some(berth_proto::v1::RaftConfig {
+                    snapshot_interval: interval,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut batch = StoreActions::new();
+        batch.create(spec(5));
+        node.write(&batch).await?;
+        wait_until("a snapshot at interval 5", Duration::from_secs(5), || {
+            snapshot().is_some()
+        })
+        .await?;
+        // Let the first snapshot land before counting from it.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let first = snapshot().context("snapshot")?;
+        for i in 0..6 {
+            node.write(&tasks_batch(&format!("b{i}"), 1)).await?;
+        }
+        wait_until(
+            "the next snapshot 5 entries on",
+            Duration::from_secs(5),
+            || snapshot().is_some_and(|s| s >= first + 5),
+        )
+        .await?;
+
+        // A larger interval (set through the store, as `swarm update` does) stops them.
+        let mut cur = (*node.store().list::<berth_proto::v1::Cluster>()[0]).clone();
+        cur.spec = spec(1000).spec;
+        let mut batch = StoreActions::new();
+        batch.update(cur);
+        node.write(&batch).await?;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let settled = snapshot();
+        for i in 0..20 {
+            node.write(&tasks_batch(&format!("c{i}"), 1)).await?;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(snapshot(), settled);
         cluster.stop().await
     }
 

@@ -88,72 +88,20 @@ pub struct ApplyResult {
 }
 
 /// Serde for byte strings as base64 text (JSON would otherwise spell each byte as a number).
+/// Only debugging and the in-memory test network use it: on disk and on the wire the batch
+/// travels raw ([`super::entry_codec`]).
 mod base64_bytes {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
     use serde::{Deserialize, Deserializer, Serializer, de};
 
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-    pub(crate) fn encode(bytes: &[u8]) -> String {
-        let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-        for chunk in bytes.chunks(3) {
-            let b = [
-                chunk[0],
-                *chunk.get(1).unwrap_or(&0),
-                *chunk.get(2).unwrap_or(&0),
-            ];
-            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-            let sextets = [(n >> 18) & 63, (n >> 12) & 63, (n >> 6) & 63, n & 63];
-            for (i, s) in sextets.iter().enumerate() {
-                if i <= chunk.len() {
-                    out.push(char::from(ALPHABET[*s as usize]));
-                } else {
-                    out.push('=');
-                }
-            }
-        }
-        out
-    }
-
-    pub(crate) fn decode(text: &str) -> Result<Vec<u8>, String> {
-        let text = text.as_bytes();
-        if !text.len().is_multiple_of(4) {
-            return Err(format!(
-                "base64 length {} is not a multiple of 4",
-                text.len()
-            ));
-        }
-        let mut out = Vec::with_capacity(text.len() / 4 * 3);
-        let last = text.len() / 4;
-        for (i, quad) in text.chunks(4).enumerate() {
-            let pad = quad.iter().rev().take_while(|c| **c == b'=').count();
-            if pad > 2 || (pad > 0 && i + 1 != last) {
-                return Err("misplaced base64 padding".into());
-            }
-            let mut n = 0u32;
-            for (j, c) in quad.iter().enumerate() {
-                let v = if j >= 4 - pad {
-                    0
-                } else {
-                    match ALPHABET.iter().position(|a| a == c) {
-                        Some(v) => v as u32,
-                        None => return Err(format!("invalid base64 byte {c:#04x}")),
-                    }
-                };
-                n = (n << 6) | v;
-            }
-            let bytes = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
-            out.extend_from_slice(&bytes[..3 - pad]);
-        }
-        Ok(out)
-    }
-
     pub(crate) fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&encode(bytes))
+        s.serialize_str(&STANDARD.encode(bytes))
     }
 
     pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        decode(&text).map_err(de::Error::custom)
+        STANDARD.decode(text.as_bytes()).map_err(de::Error::custom)
     }
 }
 
@@ -161,28 +109,6 @@ mod base64_bytes {
 mod tests {
     use super::*;
     use crate::store::{ActionError, ObjectKind, StoreError};
-
-    #[test]
-    fn base64_matches_rfc4648_vectors() {
-        let cases: [(&[u8], &str); 7] = [
-            (b"", ""),
-            (b"f", "Zg=="),
-            (b"fo", "Zm8="),
-            (b"foo", "Zm9v"),
-            (b"foob", "Zm9vYg=="),
-            (b"fooba", "Zm9vYmE="),
-            (b"foobar", "Zm9vYmFy"),
-        ];
-        for (raw, text) in cases {
-            assert_eq!(base64_bytes::encode(raw), text);
-            assert_eq!(base64_bytes::decode(text).as_deref(), Ok(raw));
-        }
-        let all: Vec<u8> = (0..=255).collect();
-        assert_eq!(base64_bytes::decode(&base64_bytes::encode(&all)), Ok(all));
-        for bad in ["Zg=", "Zg=a", "Z===", "Zm9v!A==", "Zg==Zg=="] {
-            assert!(base64_bytes::decode(bad).is_err(), "{bad} decoded");
-        }
-    }
 
     #[test]
     fn requests_and_results_survive_json() {

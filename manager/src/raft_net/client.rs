@@ -26,13 +26,13 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 use openraft::{BasicNode, RPCTypes};
-use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
 
 use super::MAX_MESSAGE_SIZE;
+use super::wire::{encode_append_entries, encode_install_snapshot, encode_vote};
 use crate::raft::{NodeId, TypeConfig};
 
 /// Connection timings of manager-to-manager calls.
@@ -239,25 +239,25 @@ fn classify<E: std::error::Error>(status: &Status) -> RPCError<NodeId, BasicNode
 }
 
 impl GrpcConnection {
-    /// Sends one serde-encoded openraft request and decodes the `Result` it answers.
-    async fn call<Req, Resp, E>(
+    /// Sends one openraft request in its wire form ([`super::wire`]) and decodes the `Result`
+    /// it answers.
+    async fn call<Resp, E>(
         &self,
         action: RPCTypes,
-        req: &Req,
+        wire: Result<WireRequest, serde_json::Error>,
         option: &RPCOption,
     ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
     where
-        Req: Serialize,
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let payload = serde_json::to_vec(req).map_err(network_err)?;
+        let wire = wire.map_err(network_err)?;
         let channel = self.peers.channel(&self.addr).map_err(unreachable)?;
         let mut client = RaftClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_SIZE)
             .max_encoding_message_size(MAX_MESSAGE_SIZE);
         let ttl = option.hard_ttl();
-        let mut request = tonic::Request::new(WireRequest { payload });
+        let mut request = tonic::Request::new(wire);
         request.set_timeout(ttl);
         let call = async {
             match action {
@@ -299,7 +299,12 @@ impl RaftNetwork<TypeConfig> for GrpcConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.call(RPCTypes::AppendEntries, &rpc, &option).await
+        self.call(
+            RPCTypes::AppendEntries,
+            encode_append_entries(&rpc),
+            &option,
+        )
+        .await
     }
 
     async fn install_snapshot(
@@ -310,7 +315,12 @@ impl RaftNetwork<TypeConfig> for GrpcConnection {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        self.call(RPCTypes::InstallSnapshot, &rpc, &option).await
+        self.call(
+            RPCTypes::InstallSnapshot,
+            encode_install_snapshot(&rpc),
+            &option,
+        )
+        .await
     }
 
     async fn vote(
@@ -318,7 +328,7 @@ impl RaftNetwork<TypeConfig> for GrpcConnection {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.call(RPCTypes::Vote, &rpc, &option).await
+        self.call(RPCTypes::Vote, encode_vote(&rpc), &option).await
     }
 
     fn backoff(&self) -> Backoff {

@@ -4,8 +4,10 @@
 //! - [`client`]: openraft's `RaftNetworkFactory` over gRPC ([`GrpcNetwork`]): one cached
 //!   channel per peer address ([`Peers`]), connect and per-RPC timeouts, transport failures
 //!   reported as `Unreachable`/`Timeout` so openraft backs off instead of blocking.
-//! - [`server`]: the `Raft` gRPC service handing serde-encoded openraft messages to the local
+//! - [`server`]: the `Raft` gRPC service handing openraft messages to the local
 //!   `openraft::Raft`; callers must hold a manager certificate that is not on the deny list.
+//! - [`wire`]: the wire form of those messages: JSON for their small fields, binary for log
+//!   entries and snapshot bytes.
 //! - [`membership`]: the `RaftMembership` service: Join (learner, then voter), Leave, and
 //!   ForwardWrite (a follower's store batch proposed by the leader).
 //! - [`replica`]: [`Replica`], this manager's handle on its Raft member as the services see
@@ -30,6 +32,7 @@ pub mod client;
 pub mod membership;
 pub mod replica;
 pub mod server;
+pub mod wire;
 
 pub use client::{GrpcConnection, GrpcNetwork, Peers, Timeouts};
 pub use membership::MembershipService;
@@ -43,7 +46,7 @@ use crate::raft::NodeId;
 pub const LEADER_ADDR_METADATA: &str = "berth-leader-addr";
 
 /// Largest gRPC message the Raft and membership services accept or send (snapshot chunks and
-/// entry batches travel JSON-encoded).
+/// entry batches).
 pub const MAX_MESSAGE_SIZE: usize = 256 * 1024 * 1024;
 
 /// The Raft member id of the manager with node id `node_id`: the 64-bit FNV-1a hash of the id,

@@ -25,7 +25,7 @@ use tonic::{Code, Status};
 
 use super::client::Peers;
 use super::leader_addr_of;
-use crate::control::status::{not_leader_status, shutting_down_status};
+use crate::control::status::{NO_QUORUM_HINT, not_leader_status, shutting_down_status};
 use crate::raft::{ApplyResult, NodeId, RaftNode, WriteError};
 use crate::store::{ApplyError, Store, StoreActions};
 
@@ -351,8 +351,15 @@ impl Replica {
                 (Code::Unavailable, _) => {
                     // Either no leader is known, or the transport failed: both mean the write
                     // cannot be committed right now.
+                    // The leader's own no-quorum answer already carries the hint; keep only
+                    // its detail so the user reads the advice once.
+                    let message = status.message();
+                    let detail = message
+                        .strip_prefix("no quorum: ")
+                        .and_then(|m| m.strip_suffix(&format!(" ({NO_QUORUM_HINT})")))
+                        .unwrap_or(message);
                     return Err(ProposeError::NoQuorum {
-                        detail: format!("the leader at {leader_addr}: {}", status.message()),
+                        detail: format!("the leader at {leader_addr}: {detail}"),
                     });
                 }
                 (Code::DeadlineExceeded, _) => {

@@ -1,4 +1,4 @@
-//! The `Raft` gRPC service: decodes a peer's serde-encoded openraft request, hands it to the
+//! The `Raft` gRPC service: decodes a peer's openraft request ([`super::wire`]), hands it to the
 //! local `openraft::Raft`, and answers the encoded `Result` (Raft-level errors travel in the
 //! payload; gRPC errors mean the request never reached Raft). Only managers that are not on
 //! the cluster's deny list may call it.
@@ -8,13 +8,11 @@ use std::sync::Arc;
 use berth_proto::identity::{Role, require_role};
 use berth_proto::v1::raft_server::{Raft as RaftRpc, RaftServer};
 use berth_proto::v1::{RaftReply, RaftRequest as WireRequest};
-use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use serde::Serialize;
-use serde::de::DeserializeOwned;
 use tonic::{Request, Response, Status};
 
+use super::wire::{decode_append_entries, decode_install_snapshot, decode_vote};
 use super::{MAX_MESSAGE_SIZE, Replica};
-use crate::raft::{NodeId, TypeConfig};
 
 /// The `Raft` service of one manager.
 #[derive(Debug, Clone)]
@@ -41,9 +39,8 @@ impl RaftService {
     }
 }
 
-fn decode<T: DeserializeOwned>(req: Request<WireRequest>) -> Result<T, Status> {
-    serde_json::from_slice(&req.into_inner().payload)
-        .map_err(|e| Status::invalid_argument(format!("undecodable raft request: {e}")))
+fn undecodable(reason: String) -> Status {
+    Status::invalid_argument(format!("undecodable raft request: {reason}"))
 }
 
 fn encode<T: Serialize>(reply: &T) -> Result<Response<RaftReply>, Status> {
@@ -57,7 +54,7 @@ impl RaftRpc for RaftService {
     async fn vote(&self, request: Request<WireRequest>) -> Result<Response<RaftReply>, Status> {
         self.authorize(&request)?;
         let raft = self.replica.raft()?;
-        let rpc: VoteRequest<NodeId> = decode(request)?;
+        let rpc = decode_vote(request.get_ref()).map_err(undecodable)?;
         encode(&raft.raft().vote(rpc).await)
     }
 
@@ -67,7 +64,7 @@ impl RaftRpc for RaftService {
     ) -> Result<Response<RaftReply>, Status> {
         self.authorize(&request)?;
         let raft = self.replica.raft()?;
-        let rpc: AppendEntriesRequest<TypeConfig> = decode(request)?;
+        let rpc = decode_append_entries(request.into_inner()).map_err(undecodable)?;
         encode(&raft.raft().append_entries(rpc).await)
     }
 
@@ -77,7 +74,7 @@ impl RaftRpc for RaftService {
     ) -> Result<Response<RaftReply>, Status> {
         self.authorize(&request)?;
         let raft = self.replica.raft()?;
-        let rpc: InstallSnapshotRequest<TypeConfig> = decode(request)?;
+        let rpc = decode_install_snapshot(request.into_inner()).map_err(undecodable)?;
         encode(&raft.raft().install_snapshot(rpc).await)
     }
 }

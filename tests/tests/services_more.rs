@@ -395,6 +395,36 @@ fn reservations_max_per_node_late_global_nodes_and_node_ps() -> anyhow::Result<(
         || cluster.logs(),
     )?;
 
+    // A global service with a constraint wants a task only on the nodes it admits, and
+    // `service ls` counts those (2/2 here, not 2/3).
+    create(
+        &cluster,
+        0,
+        &[
+            "--name",
+            "not-two",
+            "--mode",
+            "global",
+            "--constraint",
+            "node.hostname!=node-2",
+            DEFAULT_REF,
+            "sh",
+            "-c",
+            LOOP,
+        ],
+    )?;
+    wait::wait_until_or_dump(
+        Duration::from_secs(20),
+        "service ls shows the constrained global service as 2/2",
+        || {
+            let ls = cluster.node(0).berth_ok(&["service", "ls"])?;
+            let row = ls.lines().find(|l| l.contains(" not-two "));
+            Ok(row.is_some_and(|r| r.split_whitespace().any(|c| c == "2/2")))
+        },
+        || cluster.logs(),
+    )?;
+    cluster.node(0).berth_ok(&["service", "rm", "not-two"])?;
+
     // node ps: the tasks of one node, by name; without a name, this node's.
     let all_rows = [
         ps(&cluster, 0, "big")?,

@@ -17,8 +17,8 @@ use berth_proto::naming::validate_service_name;
 use berth_proto::v1::list_services_request::Filters;
 use berth_proto::v1::service_spec::Mode;
 use berth_proto::v1::{
-    CreateServiceRequest, Node, NodeAvailability, NodeState, ResolutionMode, Service, ServiceSpec,
-    ServiceStatus, Task, TaskState, UpdateServiceRequest, UpdateState, UpdateStatus,
+    CreateServiceRequest, ResolutionMode, Service, ServiceSpec, ServiceStatus, Task, TaskState,
+    UpdateServiceRequest, UpdateState, UpdateStatus,
 };
 
 use super::filters::{id_matches, labels_match, name_matches};
@@ -150,36 +150,28 @@ pub fn list(replica: &Replica, f: &Filters) -> Vec<Service> {
 /// Desired and running task counts of the given services (all when `ids` is empty).
 pub fn statuses(replica: &Replica, ids: &[String]) -> Vec<ServiceStatus> {
     replica.store().view(|t| {
-        let eligible_nodes = t
-            .table::<Node>()
-            .iter()
-            .filter(|n| {
-                n.status
-                    .as_ref()
-                    .is_some_and(|s| s.state == NodeState::Ready as i32)
-                    && n.spec
-                        .as_ref()
-                        .is_none_or(|s| s.availability == NodeAvailability::Active as i32)
-            })
-            .count() as u64;
         t.table::<Service>()
             .iter()
             .filter(|s| ids.is_empty() || ids.contains(&s.id))
             .map(|s| {
-                let desired_tasks = match s.spec.as_ref().and_then(|s| s.mode.as_ref()) {
-                    Some(Mode::Replicated(r)) => r.replicas,
-                    Some(Mode::Global(_)) => eligible_nodes,
-                    None => 1,
-                };
-                let running_tasks = t
+                let wanted: Vec<_> = t
                     .table::<Task>()
                     .find(&By::ServiceId(s.id.clone()))
+                    .filter(|task| task.desired_state == TaskState::Running as i32)
+                    .collect();
+                // A global service wants a task on every node its constraints admit: as
+                // Docker does, count the tasks the orchestrator made for those nodes.
+                let desired_tasks = match s.spec.as_ref().and_then(|s| s.mode.as_ref()) {
+                    Some(Mode::Replicated(r)) => r.replicas,
+                    Some(Mode::Global(_)) => wanted.len() as u64,
+                    None => 1,
+                };
+                let running_tasks = wanted
+                    .iter()
                     .filter(|task| {
-                        task.desired_state == TaskState::Running as i32
-                            && task
-                                .status
-                                .as_ref()
-                                .is_some_and(|st| st.state == TaskState::Running as i32)
+                        task.status
+                            .as_ref()
+                            .is_some_and(|st| st.state == TaskState::Running as i32)
                     })
                     .count() as u64;
                 ServiceStatus {

@@ -8,9 +8,11 @@
 //!        ──UpdateTaskStatus─▶ Pending (latest per task) ─┐      │ ("heartbeat failure")
 //!        ◀─Assignments────── AssignmentSet per stream    │      │
 //!                            (COMPLETE, then INCREMENTAL │      │
-//!                             batched ≤ 100 ms)          ▼      ▼
-//!                                      Dispatcher::run: flush every 100 ms (or at 10 000
-//!                                      queued) through the Writer, one batch per ≤ 1000 updates
+//!                             first at once, then ≤ 1    │      │
+//!                             per 100 ms)                ▼      ▼
+//!                                      Dispatcher::run: flush every 100 ms (at once after a
+//!                                      quiet period or at 10 000 queued) through the Writer,
+//!                                      one batch per ≤ 1000 updates
 //! ```
 //!
 //! - Leader only: [`Dispatcher::run`] installs itself in a [`DispatcherSlot`] while it runs;
@@ -223,6 +225,9 @@ struct Shared {
     cfg: DispatcherConfig,
     registry: Mutex<Registry>,
     pending: Mutex<Pending>,
+    /// When the last non-empty flush began: statuses arriving after a quiet period are
+    /// flushed at once instead of waiting for the next tick.
+    last_flush: Mutex<Option<Instant>>,
     flush_now: Notify,
     deadlines_changed: Notify,
     /// Cancelled when the dispatcher stops; parent of every session's token.
@@ -405,16 +410,19 @@ impl Shared {
             }
             Ok(())
         })?;
-        let queued = {
+        let (was_empty, queued) = {
             let mut p = lock(&self.pending);
+            let was_empty = p.is_empty();
             for u in updates {
                 if let Some(status) = u.status {
                     p.task_status(node_id, u.task_id, status);
                 }
             }
-            p.task_count()
+            (was_empty, p.task_count())
         };
-        if queued >= self.cfg.flush_max_items {
+        let quiet =
+            || lock(&self.last_flush).is_none_or(|t| t.elapsed() >= self.cfg.flush_interval);
+        if queued >= self.cfg.flush_max_items || (was_empty && queued > 0 && quiet()) {
             self.flush_now.notify_one();
         }
         Ok(())
@@ -463,6 +471,7 @@ impl Shared {
         if taken.is_empty() {
             return Ok(());
         }
+        *lock(&self.last_flush) = Some(Instant::now());
         for attempt in 1..=FLUSH_ATTEMPTS {
             let batches = self
                 .store
@@ -532,6 +541,7 @@ impl Dispatcher {
                 cfg,
                 registry: Mutex::new(Registry::default()),
                 pending: Mutex::new(Pending::default()),
+                last_flush: Mutex::new(None),
                 flush_now: Notify::new(),
                 deadlines_changed: Notify::new(),
                 stopped: CancellationToken::new(),
@@ -743,7 +753,11 @@ async fn assignments_stream(
     if !send(&tx, Ok(first)).await {
         return;
     }
+    // Batching: the first change after a quiet period goes out at once; changes within
+    // `assignment_batch_wait` of the last message wait until that much time has passed, so
+    // an agent gets at most one message per window (or one per `assignment_batch_max`).
     let mut due: Option<Instant> = None;
+    let mut last_sent: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = tx.closed() => return,
@@ -753,6 +767,7 @@ async fn assignments_stream(
             }
             _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
                 due = None;
+                last_sent = Some(Instant::now());
                 if !send(&tx, Ok(shared.for_agent(set.increment()))).await {
                     return;
                 }
@@ -760,13 +775,18 @@ async fn assignments_stream(
             r = watch.recv() => match r {
                 Ok(changes) => {
                     set.apply(&changes, &shared.store);
-                    if set.pending() >= shared.cfg.assignment_batch_max {
+                    let window = shared.cfg.assignment_batch_wait;
+                    let quiet = last_sent.is_none_or(|t| t.elapsed() >= window);
+                    if set.pending() >= shared.cfg.assignment_batch_max
+                        || (set.pending() > 0 && due.is_none() && quiet)
+                    {
                         due = None;
+                        last_sent = Some(Instant::now());
                         if !send(&tx, Ok(shared.for_agent(set.increment()))).await {
                             return;
                         }
                     } else if set.pending() > 0 && due.is_none() {
-                        due = Some(Instant::now() + shared.cfg.assignment_batch_wait);
+                        due = last_sent.map(|t| t + window);
                     }
                 }
                 Err(WatchError::Closed) => return,

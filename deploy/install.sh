@@ -18,7 +18,9 @@ if [ -z "$bin_dir" ]; then
   cargo build --release --workspace --bins
   bin_dir=target/release
 fi
-for bin in berth berthd; do
+# berth-runtime beside berthd is its container setup helper and supervisor (smaller per
+# container than a fork of berthd); berthd falls back to itself without it.
+for bin in berth berthd berth-runtime; do
   [ -x "$bin_dir/$bin" ] || { echo "Error: $bin_dir/$bin not found" >&2; exit 1; }
   install -m 0755 "$bin_dir/$bin" /usr/local/bin/$bin
 done

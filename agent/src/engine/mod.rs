@@ -97,8 +97,9 @@ pub struct EngineConfig {
     pub cgroup_parent: String,
     /// cgroup filesystem root (`/sys/fs/cgroup`).
     pub cgroup_root: PathBuf,
-    /// Binary run as the runtime's setup helper (the daemon itself by default; its `main`
-    /// calls `runtime::init::maybe_run_init` first).
+    /// Binary run as the runtime's setup helper and, forked, every container's supervisor:
+    /// by default `berth-runtime` beside the daemon, else the daemon itself (see
+    /// [`HelperBinary::preferred`]; either `main` calls `runtime::init::maybe_run_init` first).
     pub helper: HelperBinary,
     /// Registry pulls: trusted CAs, credentials, plain-HTTP registries, Docker Hub (read
     /// from the daemon's environment by [`EngineConfig::new`]; see [`crate::image::pull`]).
@@ -112,7 +113,7 @@ impl EngineConfig {
             data_dir: data_dir.into(),
             cgroup_parent: cgroup_parent.into(),
             cgroup_root: PathBuf::from("/sys/fs/cgroup"),
-            helper: HelperBinary::CurrentExe,
+            helper: HelperBinary::preferred(),
             pull: crate::image::pull::PullConfig::from_env(),
         }
     }

@@ -39,6 +39,52 @@ pub enum HelperBinary {
     Path(PathBuf),
 }
 
+/// File name of the runtime CLI, which doubles as the setup helper.
+pub const RUNTIME_BINARY: &str = "berth-runtime";
+
+impl HelperBinary {
+    /// The helper a daemon should use: `berth-runtime` installed beside the running executable
+    /// when it reports this build's version, else the running executable. Every container's
+    /// supervisor is a fork of the helper and lives as long as the container, and a fork of a
+    /// large executable carries its relocated data privately: ~700 KiB for `berthd`, ~40 KiB
+    /// for `berth-runtime`. A `berth-runtime` of another version may speak another helper
+    /// protocol, so it is not used.
+    pub fn preferred() -> HelperBinary {
+        let Some(candidate) = std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(|dir| dir.join(RUNTIME_BINARY)))
+        else {
+            return HelperBinary::CurrentExe;
+        };
+        let expected = format!("berth-runtime version {}", env!("CARGO_PKG_VERSION"));
+        let reported = Command::new(&candidate)
+            .arg("--version")
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output();
+        match reported {
+            Ok(out)
+                if out.status.success()
+                    && String::from_utf8_lossy(&out.stdout).lines().next() == Some(&expected) =>
+            {
+                HelperBinary::Path(candidate)
+            }
+            Ok(out) => {
+                if candidate.exists() {
+                    tracing::warn!(
+                        path = %candidate.display(),
+                        reported = %String::from_utf8_lossy(&out.stdout).trim(),
+                        expected = %expected,
+                        "not using berth-runtime of another version as the setup helper"
+                    );
+                }
+                HelperBinary::CurrentExe
+            }
+            Err(_) => HelperBinary::CurrentExe,
+        }
+    }
+}
+
 /// A request to the helper.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum HelperRequest {

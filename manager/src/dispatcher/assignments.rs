@@ -139,19 +139,13 @@ impl AssignmentSet {
         self.message(AssignmentsType::Complete)
     }
 
-    /// Takes in the effects of one applied batch.
+    /// Takes in the effects of one applied batch. Only this node's task events are looked at
+    /// (through the change set's shared [`crate::store::EventIndex`]), and the other kinds'
+    /// events only while a task here uses a secret or config.
     pub fn apply(&mut self, changes: &ChangeSet, lookup: &dyn Lookup) {
-        for event in &changes.events {
-            // Every session sees every event: the common case, a task of another node before
-            // and after, is skipped with one comparison (no hashing), since a task in this
-            // set had this node's id in its last event.
-            let ours = |t: &Task| t.node_id == self.node_id;
-            match event {
-                Event::Created(Object::Task(t)) | Event::Removed(Object::Task(t)) if !ours(t) => {}
-                Event::Updated {
-                    old: Object::Task(o),
-                    new: Object::Task(t),
-                } if !ours(o) && !ours(t) => {}
+        let index = changes.index();
+        for &i in index.tasks_of_node(&self.node_id) {
+            match &changes.events[i] {
                 Event::Created(Object::Task(t))
                 | Event::Updated {
                     new: Object::Task(t),
@@ -164,6 +158,14 @@ impl AssignmentSet {
                     }
                 }
                 Event::Removed(Object::Task(t)) => self.remove(&t.id),
+                _ => {}
+            }
+        }
+        if self.secret_users.is_empty() && self.config_users.is_empty() {
+            return;
+        }
+        for &i in index.others() {
+            match &changes.events[i] {
                 Event::Updated {
                     new: Object::Secret(s),
                     ..

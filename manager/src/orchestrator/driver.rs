@@ -45,7 +45,8 @@ pub(crate) struct Pace {
     pub max_batch: usize,
     /// Full reconcile period.
     pub resync: Duration,
-    /// After a change, wait this long for more before deciding (0 = decide at once).
+    /// After a change that follows a recent decision, wait this long for more before
+    /// deciding (0 = decide at once). The first change after a quiet period never waits.
     pub gap: Duration,
     /// ...but no longer than this after the first change.
     pub max_delay: Duration,
@@ -104,7 +105,11 @@ pub(crate) async fn drive<R: Reconciler>(
             _ = cancel.cancelled() => return Ok(()),
             res = watch.recv() => {
                 take(store, &mut watch, &mut r, res)?;
-                if !pace.gap.is_zero() {
+                // Batching costs latency only when there is something to batch: the first
+                // change after a quiet period (no decision within `max_delay`) is decided at
+                // once; changes that follow a recent decision gather for `gap`.
+                let quiet = last_decide.is_none_or(|t| t.elapsed() >= pace.max_delay);
+                if !pace.gap.is_zero() && r.is_dirty() && !quiet {
                     gather(store, &mut watch, &mut r, pace, cancel).await?;
                 }
             }

@@ -729,13 +729,15 @@ mod tests {
         let assigned = task("t", &svc, 1, "n1", TaskState::Assigned, Running);
         let mut refreshed = observed_as(running("t", &svc, 1, "n1"), TaskState::Preparing);
         refreshed.status.as_mut().expect("status").message = "pulling".into();
-        let change = |old: &Task, new: &Task| ChangeSet {
-            version: 2,
-            timestamp: crate::store::timestamp(0, 0),
-            events: vec![Event::Updated {
-                old: Object::Task(Arc::new(old.clone())),
-                new: Object::Task(Arc::new(new.clone())),
-            }],
+        let change = |old: &Task, new: &Task| {
+            ChangeSet::new(
+                2,
+                crate::store::timestamp(0, 0),
+                vec![Event::Updated {
+                    old: Object::Task(Arc::new(old.clone())),
+                    new: Object::Task(Arc::new(new.clone())),
+                }],
+            )
         };
         let mut q = ServiceQueue::default();
         q.observe(&change(&assigned, &refreshed));

@@ -11,9 +11,10 @@
 //!   resources) or a task (one ending frees its reservation and ports), and
 //! - every [`SchedulerConfig::retry_interval`] (default 2 s) while any task is unplaced,
 //!
-//! so no task is ever stuck PENDING silently. Rounds start after changes settle for
+//! so no task is ever stuck PENDING silently. The first change after a quiet period starts a
+//! round at once; changes that follow a recent round settle for
 //! [`SchedulerConfig::batch_gap`] (10 ms; at most [`SchedulerConfig::batch_max_delay`],
-//! 100 ms), so a burst of new tasks is placed in one round.
+//! 100 ms), so a burst of new tasks is placed in few rounds.
 
 pub mod constraint;
 pub mod filter;

@@ -27,7 +27,7 @@ pub use error::{ActionError, ApplyError, ObjectKind, StoreError};
 pub use object::{By, Object, StoreObject, timestamp};
 pub use table::Table;
 pub use tables::Tables;
-pub use watch::{ChangeSet, Event, Watch, WatchError};
+pub use watch::{ChangeSet, Event, EventIndex, Watch, WatchError};
 
 use watch::Published;
 

@@ -113,11 +113,7 @@ impl Tables {
             return Err(ApplyError { errors });
         }
         self.version = log_index;
-        Ok(ChangeSet {
-            version: log_index,
-            timestamp,
-            events,
-        })
+        Ok(ChangeSet::new(log_index, timestamp, events))
     }
 
     fn apply_action(

@@ -8,11 +8,11 @@
 //!        ──UpdateTaskStatus─▶ Pending (latest per task) ─┐      │ ("heartbeat failure")
 //!        ◀─Assignments────── AssignmentSet per stream    │      │
 //!                            (COMPLETE, then INCREMENTAL │      │
-//!                             first at once, then ≤ 1    │      │
+//!                             ≤ 4 at once, then ≤ 4      │      │
 //!                             per 100 ms)                ▼      ▼
-//!                                      Dispatcher::run: flush every 100 ms (at once after a
-//!                                      quiet period or at 10 000 queued) through the Writer,
-//!                                      one batch per ≤ 1000 updates
+//!                                      Dispatcher::run: flush every 100 ms (at once while
+//!                                      < 4 flushes in 100 ms, or at 10 000 queued) through
+//!                                      the Writer, one batch per ≤ 1000 updates
 //! ```
 //!
 //! - Leader only: [`Dispatcher::run`] installs itself in a [`DispatcherSlot`] while it runs;
@@ -35,6 +35,7 @@
 //! dispatcher stopped), so an agent never listens to a dispatcher that stopped leading.
 
 mod assignments;
+mod burst;
 mod nodes;
 mod pending;
 mod service;
@@ -62,6 +63,7 @@ pub use nodes::RateLimit;
 pub use service::DispatcherService;
 
 use assignments::AssignmentSet;
+use burst::BurstWindow;
 use nodes::{Registry, Session, SessionRefused};
 use pending::{NodeChange, Pending};
 
@@ -77,6 +79,10 @@ pub const DISCONNECTED_MESSAGE: &str = "node is currently trying to find new man
 /// Message of a node a new leader has not heard from yet.
 pub const UNKNOWN_AFTER_ELECTION: &str =
     "node moved to unknown state after a leader change; waiting for it to reconnect";
+
+/// Assignment messages per session, and status flushes, that go out at once within one
+/// batching window before batching starts ([`BurstWindow`]).
+const BURST: usize = 4;
 
 /// How many times a flush re-reads the store after a write was refused (another component
 /// wrote the same object in between).
@@ -225,9 +231,9 @@ struct Shared {
     cfg: DispatcherConfig,
     registry: Mutex<Registry>,
     pending: Mutex<Pending>,
-    /// When the last non-empty flush began: statuses arriving after a quiet period are
-    /// flushed at once instead of waiting for the next tick.
-    last_flush: Mutex<Option<Instant>>,
+    /// Recent non-empty flushes: statuses arriving while fewer than [`BURST`] flushes
+    /// happened within the flush interval are flushed at once instead of at the next tick.
+    flushes: Mutex<BurstWindow>,
     flush_now: Notify,
     deadlines_changed: Notify,
     /// Cancelled when the dispatcher stops; parent of every session's token.
@@ -420,9 +426,8 @@ impl Shared {
             }
             (was_empty, p.task_count())
         };
-        let quiet =
-            || lock(&self.last_flush).is_none_or(|t| t.elapsed() >= self.cfg.flush_interval);
-        if queued >= self.cfg.flush_max_items || (was_empty && queued > 0 && quiet()) {
+        let now_allowed = || lock(&self.flushes).ready_at(Instant::now()).is_none();
+        if queued >= self.cfg.flush_max_items || (was_empty && queued > 0 && now_allowed()) {
             self.flush_now.notify_one();
         }
         Ok(())
@@ -471,7 +476,7 @@ impl Shared {
         if taken.is_empty() {
             return Ok(());
         }
-        *lock(&self.last_flush) = Some(Instant::now());
+        lock(&self.flushes).record(Instant::now());
         for attempt in 1..=FLUSH_ATTEMPTS {
             let batches = self
                 .store
@@ -535,13 +540,14 @@ impl Dispatcher {
         slot: DispatcherSlot,
         cfg: DispatcherConfig,
     ) -> Self {
+        let flush_interval = cfg.flush_interval;
         Dispatcher {
             shared: Arc::new(Shared {
                 store,
                 cfg,
                 registry: Mutex::new(Registry::default()),
                 pending: Mutex::new(Pending::default()),
-                last_flush: Mutex::new(None),
+                flushes: Mutex::new(BurstWindow::new(flush_interval, BURST)),
                 flush_now: Notify::new(),
                 deadlines_changed: Notify::new(),
                 stopped: CancellationToken::new(),
@@ -753,11 +759,11 @@ async fn assignments_stream(
     if !send(&tx, Ok(first)).await {
         return;
     }
-    // Batching: the first change after a quiet period goes out at once; changes within
-    // `assignment_batch_wait` of the last message wait until that much time has passed, so
-    // an agent gets at most one message per window (or one per `assignment_batch_max`).
+    // Batching: up to BURST messages in a row go out at once; beyond that, changes wait
+    // for a free slot in the `assignment_batch_wait` window (or `assignment_batch_max`
+    // changes go at once).
     let mut due: Option<Instant> = None;
-    let mut last_sent: Option<Instant> = None;
+    let mut sent = BurstWindow::new(shared.cfg.assignment_batch_wait, BURST);
     loop {
         tokio::select! {
             _ = tx.closed() => return,
@@ -767,7 +773,7 @@ async fn assignments_stream(
             }
             _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
                 due = None;
-                last_sent = Some(Instant::now());
+                sent.record(Instant::now());
                 if !send(&tx, Ok(shared.for_agent(set.increment()))).await {
                     return;
                 }
@@ -775,18 +781,17 @@ async fn assignments_stream(
             r = watch.recv() => match r {
                 Ok(changes) => {
                     set.apply(&changes, &shared.store);
-                    let window = shared.cfg.assignment_batch_wait;
-                    let quiet = last_sent.is_none_or(|t| t.elapsed() >= window);
+                    let ready_at = sent.ready_at(Instant::now());
                     if set.pending() >= shared.cfg.assignment_batch_max
-                        || (set.pending() > 0 && due.is_none() && quiet)
+                        || (set.pending() > 0 && due.is_none() && ready_at.is_none())
                     {
                         due = None;
-                        last_sent = Some(Instant::now());
+                        sent.record(Instant::now());
                         if !send(&tx, Ok(shared.for_agent(set.increment()))).await {
                             return;
                         }
                     } else if set.pending() > 0 && due.is_none() {
-                        due = last_sent.map(|t| t + window);
+                        due = ready_at;
                     }
                 }
                 Err(WatchError::Closed) => return,

@@ -27,7 +27,7 @@
 //! ALPN is `h2` on both sides (tonic sets it). The crypto provider is ring; binaries call
 //! [`install_crypto_provider`] before building any configuration.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -319,15 +319,39 @@ pub fn peer_identity<T>(req: &Request<T>) -> Result<NodeIdentity, Status> {
     identity_from_chain(certs.as_deref().map(Vec::as_slice))
 }
 
+/// Certificates parsed by [`identity_from_chain`], by their DER bytes: every RPC authorizes
+/// its caller, and parsing X.509 cost more than the rest of a status update. The identity is a
+/// pure function of the bytes (validity is checked per call), so caching it is exact. Bounded:
+/// cleared when full.
+static IDENTITIES: std::sync::LazyLock<std::sync::Mutex<HashMap<Vec<u8>, NodeIdentity>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// Certificates kept in [`IDENTITIES`] at most.
+const IDENTITY_CACHE_MAX: usize = 4096;
+
 fn identity_from_chain(certs: Option<&[CertificateDer<'_>]>) -> Result<NodeIdentity, Status> {
     let leaf = certs.and_then(|c| c.first()).ok_or_else(|| {
         Status::unauthenticated("this call needs a node certificate and the caller presented none")
     })?;
-    NodeIdentity::from_der(leaf.as_ref()).map_err(|e| {
+    let cache = || {
+        IDENTITIES
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    };
+    if let Some(id) = cache().get(leaf.as_ref()) {
+        return Ok(id.clone());
+    }
+    let id = NodeIdentity::from_der(leaf.as_ref()).map_err(|e| {
         Status::unauthenticated(format!(
             "caller certificate is not a berth node certificate: {e}"
         ))
-    })
+    })?;
+    let mut cached = cache();
+    if cached.len() >= IDENTITY_CACHE_MAX {
+        cached.clear();
+    }
+    cached.insert(leaf.as_ref().to_vec(), id.clone());
+    Ok(id)
 }
 
 /// Authorizes a call: the caller must present a node certificate whose role is in `roles`,

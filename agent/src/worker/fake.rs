@@ -41,6 +41,8 @@ struct Inner {
     calls: Vec<(String, &'static str)>,
     deps: HashMap<String, Dependencies>,
     next_pid: i32,
+    /// How long each prepare takes (after it is recorded).
+    prepare_delay: std::time::Duration,
 }
 
 /// The in-memory executor (cheap to clone; clones share their containers).
@@ -61,6 +63,12 @@ impl FakeExecutor {
         let fake = Self::default();
         fake.lock().images = Some(images.into_iter().map(Into::into).collect());
         fake
+    }
+
+    /// Makes every prepare take `delay` (like an image pull or a container creation).
+    pub fn with_prepare_delay(self, delay: std::time::Duration) -> Self {
+        self.lock().prepare_delay = delay;
+        self
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -180,32 +188,40 @@ impl FakeController {
     fn record(&self, inner: &mut Inner, op: &'static str) {
         inner.calls.push((self.task_id.clone(), op));
     }
+
+    /// The end of a prepare: the image must be present; the container is created.
+    fn finish_prepare(&self) -> Result<(), ExecError> {
+        let mut inner = self.fake.lock();
+        let present = inner
+            .images
+            .as_ref()
+            .is_none_or(|images| images.contains(&self.image));
+        if !present {
+            return Err(ExecError::ImageNotFound {
+                image: self.image.clone(),
+            });
+        }
+        inner
+            .containers
+            .entry(self.task_id.clone())
+            .or_insert_with(|| FakeContainer {
+                state: watch::Sender::new(FakeState::Created),
+            });
+        Ok(())
+    }
 }
 
 impl Controller for FakeController {
     fn prepare(&self) -> BoxFuture<'_, Result<(), ExecError>> {
-        let r = {
+        let delay = {
             let mut inner = self.fake.lock();
             self.record(&mut inner, "prepare");
-            let present = inner
-                .images
-                .as_ref()
-                .is_none_or(|images| images.contains(&self.image));
-            if !present {
-                Err(ExecError::ImageNotFound {
-                    image: self.image.clone(),
-                })
-            } else {
-                inner
-                    .containers
-                    .entry(self.task_id.clone())
-                    .or_insert_with(|| FakeContainer {
-                        state: watch::Sender::new(FakeState::Created),
-                    });
-                Ok(())
-            }
+            inner.prepare_delay
         };
-        Box::pin(async move { r })
+        Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            self.finish_prepare()
+        })
     }
 
     fn start(&self) -> BoxFuture<'_, Result<ContainerStatus, ExecError>> {

@@ -260,19 +260,29 @@ impl Runner {
     }
 
     async fn prepare(&mut self) -> bool {
-        let outcome = tokio::select! {
-            _ = self.cancel.cancelled() => return false,
-            r = self.controller.prepare() => Some(r),
-            r = self.desired.changed() => {
-                if r.is_err() {
-                    return false;
+        let mut preparing = self.controller.prepare();
+        let outcome = loop {
+            tokio::select! {
+                _ = self.cancel.cancelled() => return false,
+                r = preparing.as_mut() => break Some(r),
+                r = self.desired.changed() => {
+                    if r.is_err() {
+                        return false;
+                    }
+                    // Only a stop interrupts a prepare: dropping it mid-way would leave its
+                    // container creation running in the background while a new attempt (or
+                    // the start) raced it. A task that is still wanted (e.g. READY → RUNNING
+                    // when the task it replaces has stopped) lets the prepare finish.
+                    let want = self.desired.borrow();
+                    if want.remove || state_of(want.task.desired_state) >= TaskState::Shutdown {
+                        break None;
+                    }
                 }
-                None
             }
         };
+        drop(preparing);
         match outcome {
-            // The desired state changed mid-prepare; the loop re-evaluates (prepare is
-            // re-entrant, shutdown is handled at the top of the loop).
+            // Stopping mid-prepare: the loop's shutdown path handles it.
             None => true,
             Some(Ok(())) => self.advance(TaskState::Ready, "prepared", None).await,
             Some(Err(e)) => self.fail(TaskState::Rejected, "preparing", &e).await,

@@ -188,6 +188,30 @@ async fn a_task_goes_through_its_states_and_reports_them() -> anyhow::Result<()>
     w.stop().await
 }
 
+/// A stop-first update creates the new task desired READY and flips it to RUNNING once the
+/// old task stopped, often while the new one is still being prepared. The prepare must run to
+/// its end once: dropping it mid-way left the container creation running in the background
+/// while a second attempt and the start raced it ("still being created").
+#[tokio::test]
+async fn a_desired_state_change_mid_prepare_does_not_restart_the_prepare() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let fake = FakeExecutor::new().with_prepare_delay(std::time::Duration::from_millis(300));
+    let w = Running::start(WorkerConfig::new(dir.path()), &fake)?;
+    let t1 = task("t1", "busybox", TaskState::Ready);
+    w.handle
+        .assign(msg(AssignmentsType::Complete, vec![update(t1.clone())]))
+        .await?;
+    wait_state(&w.handle, "t1", TaskState::Preparing).await?;
+    let mut run = t1.clone();
+    run.desired_state = TaskState::Running as i32;
+    w.handle
+        .assign(msg(AssignmentsType::Incremental, vec![update(run)]))
+        .await?;
+    wait_state(&w.handle, "t1", TaskState::Running).await?;
+    assert_eq!(fake.calls("t1"), vec!["prepare", "start", "wait"]);
+    w.stop().await
+}
+
 #[tokio::test]
 async fn a_failing_container_is_failed_with_its_exit_code() -> anyhow::Result<()> {
     let fake = FakeExecutor::new();

@@ -50,12 +50,17 @@ impl HelperBinary {
     /// for `berth-runtime`. A `berth-runtime` of another version may speak another helper
     /// protocol, so it is not used.
     pub fn preferred() -> HelperBinary {
-        let Some(candidate) = std::env::current_exe()
-            .ok()
-            .and_then(|exe| exe.parent().map(|dir| dir.join(RUNTIME_BINARY)))
-        else {
-            return HelperBinary::CurrentExe;
-        };
+        match std::env::current_exe() {
+            Ok(exe) => exe
+                .parent()
+                .map_or(HelperBinary::CurrentExe, HelperBinary::preferred_in),
+            Err(_) => HelperBinary::CurrentExe,
+        }
+    }
+
+    /// [`HelperBinary::preferred`] for a daemon installed in `dir`.
+    pub fn preferred_in(dir: &Path) -> HelperBinary {
+        let candidate = dir.join(RUNTIME_BINARY);
         let expected = format!("berth-runtime version {}", env!("CARGO_PKG_VERSION"));
         let reported = Command::new(&candidate)
             .arg("--version")
@@ -249,6 +254,40 @@ mod tests {
         assert!(matches!(reply, HelperReply::Error { message } if message == "boom"));
         let huge = (MAX_MESSAGE + 1).to_le_bytes();
         assert!(recv::<HelperReply>(&mut huge.as_slice()).is_err());
+    }
+
+    #[test]
+    fn the_daemon_prefers_a_same_version_berth_runtime_beside_it() {
+        use std::fs;
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(
+            HelperBinary::preferred_in(dir.path()),
+            HelperBinary::CurrentExe
+        );
+        let fake = dir.path().join(RUNTIME_BINARY);
+        let write = |version: &str| {
+            let script = format!("#!/bin/sh\necho 'berth-runtime version {version}'\n");
+            fs::write(&fake, script).unwrap();
+            fs::set_permissions(&fake, fs::Permissions::from_mode(0o755)).unwrap();
+        };
+        write("0.0.0-other");
+        assert_eq!(
+            HelperBinary::preferred_in(dir.path()),
+            HelperBinary::CurrentExe
+        );
+        write(env!("CARGO_PKG_VERSION"));
+        // Another test thread forking while the script was open for writing makes its exec
+        // fail with ETXTBSY for a moment (then `CurrentExe` is the safe answer): retry.
+        let mut chosen = HelperBinary::CurrentExe;
+        for _ in 0..20 {
+            chosen = HelperBinary::preferred_in(dir.path());
+            if chosen != HelperBinary::CurrentExe {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        assert_eq!(chosen, HelperBinary::Path(fake));
     }
 
     #[test]

@@ -103,13 +103,15 @@ pub struct DispatcherConfig {
     /// Largest random change of the period sent to agents, as a fraction of it (0.1), so
     /// that agents do not beat in lockstep.
     pub heartbeat_jitter: f64,
-    /// Status flush period (100 ms).
+    /// Status flush period (100 ms); also the window of the status burst rule: up to
+    /// 4 flushes per window happen at once when statuses arrive to an empty queue.
     pub flush_interval: Duration,
     /// Queued task statuses that trigger a flush before the period ends (10 000).
     pub flush_max_items: usize,
     /// Store updates per write at most (1000).
     pub max_actions_per_write: usize,
-    /// How long assignment changes gather before an INCREMENTAL message (100 ms).
+    /// The batching window of INCREMENTAL messages (100 ms): up to 4 messages per
+    /// window go at once; beyond that, changes gather until a slot of the window frees.
     pub assignment_batch_wait: Duration,
     /// Changes that make an INCREMENTAL message go out at once (100).
     pub assignment_batch_max: usize,

@@ -317,7 +317,7 @@ impl RaftNetwork<TypeConfig> for GrpcConnection {
     > {
         self.call(
             RPCTypes::InstallSnapshot,
-            encode_install_snapshot(&rpc),
+            encode_install_snapshot(rpc),
             &option,
         )
         .await

@@ -60,21 +60,16 @@ pub fn decode_append_entries(
     Ok(rpc)
 }
 
-/// The wire form of one InstallSnapshot chunk: its fields as JSON, its data binary.
+/// The wire form of one InstallSnapshot chunk: its fields as JSON, its data binary (moved,
+/// not copied).
 pub fn encode_install_snapshot(
-    rpc: &InstallSnapshotRequest<TypeConfig>,
+    mut rpc: InstallSnapshotRequest<TypeConfig>,
 ) -> Result<WireRequest, serde_json::Error> {
-    let header = InstallSnapshotRequest::<TypeConfig> {
-        vote: rpc.vote,
-        meta: rpc.meta.clone(),
-        offset: rpc.offset,
-        data: Vec::new(),
-        done: rpc.done,
-    };
+    let data = std::mem::take(&mut rpc.data);
     Ok(WireRequest {
-        payload: serde_json::to_vec(&header)?,
+        payload: serde_json::to_vec(&rpc)?,
         entries: Vec::new(),
-        snapshot_data: rpc.data.clone(),
+        snapshot_data: data,
     })
 }
 
@@ -149,7 +144,7 @@ mod tests {
             data: (0..=255).cycle().take(3 << 20).collect(),
             done: true,
         };
-        let wire = encode_install_snapshot(&rpc).expect("encode");
+        let wire = encode_install_snapshot(rpc.clone()).expect("encode");
         assert!(
             wire.payload.len() < 512,
             "{} JSON bytes",

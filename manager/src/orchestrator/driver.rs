@@ -8,17 +8,21 @@
 //!   snapshot is dropped before writing (a held snapshot would make each write copy tables).
 //! - Units are never split: a refused batch is resubmitted without the refused units, which are
 //!   marked dirty and decided again from fresh state.
+//! - A decision's batches are written up to [`WRITES_IN_FLIGHT`] at a time (the log appends
+//!   them together); each unit stands alone, so their commit order does not matter.
 //! - A lagging or reset watch leads to a fresh subscription and a full reconcile; nothing
 //!   queues without bound.
 
 use std::time::{Duration, SystemTime};
 
+use futures::StreamExt;
+use futures::stream::FuturesOrdered;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::OrchestratorError;
 use super::writer::{Unit, WriteFailure, Writer, pack, without_refused};
-use crate::store::{ChangeSet, Store, Tables, Watch, WatchError};
+use crate::store::{ApplyError, ChangeSet, Store, StoreActions, Tables, Watch, WatchError};
 
 /// The pure side of a control loop.
 pub(crate) trait Reconciler: Send {
@@ -200,6 +204,11 @@ async fn gather<R: Reconciler>(
 /// Writes `units` in batches. A refused batch is resubmitted without its refused units (each
 /// refusal drops at least one unit, so this ends); on no quorum the rest is abandoned and
 /// everything is decided again after a pause.
+/// Batches of one decision in flight at once: the log appends them together (one fsync for
+/// several), so a large decision (a 50 000-replica service) is committed in a fraction of the
+/// time sequential writes take, and the loops after it see large batches, not a trickle.
+const WRITES_IN_FLIGHT: usize = 8;
+
 async fn write_all<R: Reconciler>(
     r: &mut R,
     writer: &dyn Writer,
@@ -207,45 +216,215 @@ async fn write_all<R: Reconciler>(
     pace: &Pace,
     cancel: &CancellationToken,
 ) -> Result<(), OrchestratorError> {
-    for (batch, bounds) in pack(units, pace.max_batch) {
-        let mut next = Some((batch, bounds));
-        while let Some((batch, bounds)) = next.take() {
-            if batch.is_empty() {
+    let mut batches = pack(units, pace.max_batch)
+        .into_iter()
+        .filter(|(batch, _)| !batch.is_empty());
+    let mut in_flight = FuturesOrdered::new();
+    loop {
+        while in_flight.len() < WRITES_IN_FLIGHT {
+            let Some((batch, bounds)) = batches.next() else {
                 break;
+            };
+            in_flight.push_back(async move {
+                let result = writer.write(batch.clone()).await;
+                (batch, bounds, result)
+            });
+        }
+        let Some((batch, bounds, result)) = in_flight.next().await else {
+            return Ok(());
+        };
+        match result {
+            Ok(_) => {}
+            Err(WriteFailure::Refused(e)) => {
+                retry_without_refused(r, writer, batch, bounds, e).await?;
             }
-            match writer.write(batch.clone()).await {
-                Ok(_) => {}
-                Err(WriteFailure::Refused(e)) => {
-                    let ((rest, rest_bounds), dropped) = without_refused(batch, &bounds, &e);
-                    tracing::debug!(
-                        component = r.name(),
-                        refused = dropped.len(),
-                        error = %e,
-                        "batch refused; retrying the rest"
-                    );
-                    for unit in &dropped {
-                        r.mark_refused(unit);
-                    }
-                    if dropped.is_empty() {
-                        // The refusal named no action of the batch: decide everything again.
-                        r.mark_all();
-                    } else {
-                        next = Some((rest, rest_bounds));
-                    }
+            Err(WriteFailure::NotLeader(m)) => return Err(OrchestratorError::NotLeader(m)),
+            Err(WriteFailure::Fatal(m)) => return Err(OrchestratorError::Fatal(m)),
+            Err(WriteFailure::Unavailable(m)) => {
+                tracing::warn!(component = r.name(), error = %m, "store write failed; retrying later");
+                // What was not written is decided again from the store once it answers.
+                r.mark_all();
+                drop(in_flight);
+                tokio::select! {
+                    _ = cancel.cancelled() => {}
+                    _ = tokio::time::sleep(pace.backoff) => {}
                 }
-                Err(WriteFailure::NotLeader(m)) => return Err(OrchestratorError::NotLeader(m)),
-                Err(WriteFailure::Fatal(m)) => return Err(OrchestratorError::Fatal(m)),
-                Err(WriteFailure::Unavailable(m)) => {
-                    tracing::warn!(component = r.name(), error = %m, "store write failed; retrying later");
-                    r.mark_all();
-                    tokio::select! {
-                        _ = cancel.cancelled() => {}
-                        _ = tokio::time::sleep(pace.backoff) => {}
-                    }
-                    return Ok(());
-                }
+                return Ok(());
             }
         }
     }
-    Ok(())
+}
+
+/// Writes a refused batch again without its refused units (marked for a fresh decision),
+/// until what is left is written or empty.
+async fn retry_without_refused<R: Reconciler>(
+    r: &mut R,
+    writer: &dyn Writer,
+    batch: StoreActions,
+    bounds: Vec<usize>,
+    error: ApplyError,
+) -> Result<(), OrchestratorError> {
+    let mut refused = (batch, bounds, error);
+    loop {
+        let (batch, bounds, e) = refused;
+        let ((rest, rest_bounds), dropped) = without_refused(batch, &bounds, &e);
+        tracing::debug!(
+            component = r.name(),
+            refused = dropped.len(),
+            error = %e,
+            "batch refused; retrying the rest"
+        );
+        for unit in &dropped {
+            r.mark_refused(unit);
+        }
+        if dropped.is_empty() {
+            r.mark_all();
+            return Ok(());
+        }
+        if rest.is_empty() {
+            return Ok(());
+        }
+        match writer.write(rest.clone()).await {
+            Ok(_) => return Ok(()),
+            Err(WriteFailure::Refused(e)) => refused = (rest, rest_bounds, e),
+            Err(WriteFailure::NotLeader(m)) => return Err(OrchestratorError::NotLeader(m)),
+            Err(WriteFailure::Fatal(m)) => return Err(OrchestratorError::Fatal(m)),
+            Err(WriteFailure::Unavailable(m)) => {
+                tracing::warn!(component = r.name(), error = %m, "store write failed; retrying later");
+                r.mark_all();
+                return Ok(());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex, PoisonError};
+
+    use berth_proto::v1::Node;
+    use futures::future::BoxFuture;
+
+    use super::*;
+    use crate::orchestrator::Clock;
+    use crate::orchestrator::clock::TokioClock;
+    use crate::orchestrator::fixture::{at, node};
+    use crate::orchestrator::writer::LocalWriter;
+    use crate::store::{Object, StoreAction};
+
+    /// Applies to a local store after a pause, counting the writes in flight at once.
+    struct SlowWriter {
+        inner: LocalWriter,
+        in_flight: AtomicUsize,
+        peak: AtomicUsize,
+        writes: AtomicUsize,
+    }
+
+    impl Writer for SlowWriter {
+        fn write(&self, batch: StoreActions) -> BoxFuture<'_, Result<u64, WriteFailure>> {
+            Box::pin(async move {
+                let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                self.peak.fetch_max(now, Ordering::SeqCst);
+                self.writes.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                self.in_flight.fetch_sub(1, Ordering::SeqCst);
+                self.inner.apply(batch)
+            })
+        }
+    }
+
+    /// Records what the driver marks.
+    #[derive(Default)]
+    struct Marks {
+        refused: Mutex<Vec<Unit>>,
+        all: AtomicUsize,
+    }
+
+    impl Reconciler for &Marks {
+        fn name(&self) -> &'static str {
+            "test"
+        }
+        fn observe(&mut self, _changes: &ChangeSet) {}
+        fn mark_all(&mut self) {
+            self.all.fetch_add(1, Ordering::SeqCst);
+        }
+        fn mark_refused(&mut self, unit: &Unit) {
+            self.refused
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(unit.clone());
+        }
+        fn is_dirty(&self) -> bool {
+            false
+        }
+        fn decide(&mut self, _tables: &Tables, _now: SystemTime) -> Vec<Unit> {
+            Vec::new()
+        }
+        fn next_wake(&self) -> Option<SystemTime> {
+            None
+        }
+    }
+
+    fn create_node(id: &str) -> Unit {
+        let mut b = StoreActions::new();
+        b.create(node(id));
+        b.actions
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_large_decision_is_written_several_batches_at_a_time_and_refusals_stay_unit_wise() {
+        let store = Store::new();
+        let clock: Arc<dyn Clock> = Arc::new(TokioClock::new(at(1_000)));
+        let writer = SlowWriter {
+            inner: LocalWriter::new(store.clone(), clock),
+            in_flight: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
+            writes: AtomicUsize::new(0),
+        };
+        // n013 exists already: the batch that creates it again is refused.
+        writer
+            .inner
+            .apply(StoreActions {
+                actions: create_node("n013"),
+            })
+            .expect("setup");
+        let units: Vec<Unit> = (0..100).map(|i| create_node(&format!("n{i:03}"))).collect();
+        let pace = Pace {
+            max_batch: 10,
+            resync: Duration::from_secs(30),
+            gap: Duration::ZERO,
+            max_delay: Duration::ZERO,
+            min_interval: Duration::ZERO,
+            backoff: Duration::from_secs(1),
+        };
+        let marks = Marks::default();
+        let mut r = &marks;
+        let started = Instant::now();
+        write_all(&mut r, &writer, units, &pace, &CancellationToken::new())
+            .await
+            .expect("written");
+
+        // Ten batches, at most WRITES_IN_FLIGHT at once, plus the refused batch's rest.
+        assert_eq!(writer.peak.load(Ordering::SeqCst), WRITES_IN_FLIGHT);
+        assert_eq!(writer.writes.load(Ordering::SeqCst), 11);
+        assert!(
+            started.elapsed() < Duration::from_millis(50),
+            "pipelined, not ten sequential writes: {:?}",
+            started.elapsed()
+        );
+        // Every other node is there; only the conflicting unit was handed back.
+        assert_eq!(store.list::<Node>().len(), 100);
+        let refused = marks
+            .refused
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        assert_eq!(refused.len(), 1);
+        match &refused[0][..] {
+            [StoreAction::Create(Object::Node(n))] => assert_eq!(n.id, "n013"),
+            other => panic!("unexpected refused unit {other:?}"),
+        }
+        assert_eq!(marks.all.load(Ordering::SeqCst), 0);
+    }
 }

@@ -131,10 +131,14 @@ fn unplaced(task: &Task, reason: &str, now: SystemTime) -> Option<Task> {
     Some(t)
 }
 
-/// The store actions of a round: one unit per task.
+/// The store actions of a round: one unit per task. Placements are written node by node, so
+/// a batch holds whole nodes' tasks and each agent gets its share of a large round in one
+/// assignment message rather than one message per batch.
 pub fn round_units(tables: &Tables, round: &Round, now: SystemTime) -> Vec<Unit> {
     let mut units = Vec::with_capacity(round.assigned.len() + round.unplaced.len());
-    for (task_id, node_id) in &round.assigned {
+    let mut by_node: Vec<&(String, String)> = round.assigned.iter().collect();
+    by_node.sort_by(|a, b| a.1.cmp(&b.1));
+    for (task_id, node_id) in by_node {
         if let Some(t) = tables.get::<Task>(task_id) {
             units.push(vec![StoreAction::Update(assigned(&t, node_id, now).into())]);
         }
@@ -334,6 +338,48 @@ mod tests {
             other => panic!("expected a task update, got {other:?}"),
         }
         assert_eq!(l.next_wake(), None);
+    }
+
+    #[test]
+    fn a_rounds_placements_are_written_node_by_node() {
+        let svc = replicated("s", 9, None);
+        let mut fx = Fx::new();
+        fx.create(1, objs![node("n1"), node("n2"), node("n3"), svc.clone()]);
+        let tasks: Vec<Task> = (1..=9)
+            .map(|i| {
+                task(
+                    &format!("t{i}"),
+                    &svc,
+                    i,
+                    "",
+                    TaskState::Pending,
+                    TaskState::Running,
+                )
+            })
+            .collect();
+        fx.create(
+            2,
+            tasks
+                .into_iter()
+                .map(|t| Object::Task(Arc::new(t)))
+                .collect(),
+        );
+        let mut l = looped();
+        let nodes: Vec<String> = l
+            .decide(&fx.tables, at(3))
+            .into_iter()
+            .flatten()
+            .map(|a| match a {
+                StoreAction::Update(Object::Task(t)) => t.node_id.clone(),
+                other => panic!("expected a task update, got {other:?}"),
+            })
+            .collect();
+        // Spread places them n1, n2, n3, n1, …; they are written grouped by node, so a batch
+        // cut anywhere holds whole nodes' shares.
+        assert_eq!(
+            nodes,
+            ["n1", "n1", "n1", "n2", "n2", "n2", "n3", "n3", "n3"]
+        );
     }
 
     #[test]

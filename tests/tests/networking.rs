@@ -652,3 +652,91 @@ fn host_ports_stay_on_their_node_networks_are_isolated_and_a_lost_node_leaves_th
     );
     Ok(())
 }
+
+/// The names of Berth's links (overlay bridges and tunnels, `bn…`) in test host `i`.
+fn berth_links(cluster: &TestCluster, i: usize) -> anyhow::Result<Vec<String>> {
+    let out = cluster
+        .node(i)
+        .host()
+        .command("ip")?
+        .args(["-o", "link", "show"])
+        .output()?;
+    anyhow::ensure!(out.status.success(), "ip link show failed");
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|name| name.split('@').next().unwrap_or(name).to_string())
+        .filter(|name| name.starts_with("bn"))
+        .collect())
+}
+
+/// Whether Berth's nftables table exists in test host `i`.
+fn has_berth_table(cluster: &TestCluster, i: usize) -> anyhow::Result<bool> {
+    let out = cluster
+        .node(i)
+        .host()
+        .command("nft")?
+        .args(["list", "table", "ip", "berth"])
+        .output()?;
+    Ok(out.status.success())
+}
+
+#[test]
+fn a_node_that_leaves_removes_its_task_containers_and_overlay_networks() -> anyhow::Result<()> {
+    wait::init_test_logging();
+    let cluster = cluster(1)?;
+    let n0 = cluster.node(0);
+    let n1 = cluster.node(1);
+    let image = berth_tests::image::DEFAULT_REF;
+    n0.berth_ok(&["network", "create", "back"])?;
+    n0.berth_ok(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "app",
+        "--network",
+        "back",
+        "--replicas",
+        "2",
+        "--replicas-max-per-node",
+        "1",
+        "-p",
+        "8080:80",
+        image,
+        "sh",
+        "-c",
+        IDLE,
+    ])?;
+    converge(&cluster, "app", "2/2")?;
+    // Positive controls: the worker runs a task on the overlay, with its bridge, tunnel and
+    // rules.
+    assert!(!n1.berth_ok(&["ps", "-q"])?.trim().is_empty());
+    let links = berth_links(&cluster, 1)?;
+    assert!(links.len() >= 2, "bridge and tunnel expected: {links:?}");
+    assert!(has_berth_table(&cluster, 1)?);
+
+    let out = n1.berth_ok(&["swarm", "leave"])?;
+    assert!(out.contains("Node left the swarm."), "{out}");
+    // Like Docker: the node's task containers are gone (not merely stopped), and so are its
+    // overlay networks, its rules and its task records.
+    assert_eq!(n1.berth_ok(&["ps", "-a", "-q"])?.trim(), "");
+    assert_eq!(berth_links(&cluster, 1)?, Vec::<String>::new());
+    assert!(!has_berth_table(&cluster, 1)?, "nftables table left behind");
+    for dir in ["agent", "worker/tasks"] {
+        assert!(
+            !n1.state_dir().join(dir).exists(),
+            "{dir} left in the state directory"
+        );
+    }
+
+    // Joining again starts clean and takes a task again.
+    cluster.join(1, 0, "worker")?;
+    wait::wait_until_or_dump(
+        Duration::from_secs(60),
+        "the re-joined node runs an app task",
+        || Ok(!n1.berth_ok(&["ps", "-q"])?.trim().is_empty()),
+        || cluster.logs(),
+    )?;
+    Ok(())
+}

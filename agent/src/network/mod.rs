@@ -513,6 +513,16 @@ impl NetworkAgent {
         Ok(())
     }
 
+    /// Removes what this data path made on the node once its containers are detached: the
+    /// overlay bridges and tunnels and Berth's nftables table (`swarm leave`). Networks a
+    /// container still attached needs are kept.
+    pub async fn clear(&self) -> Result<(), NetworkError> {
+        let empty = Arc::new(NetworksMessage::default());
+        self.inner.view.send_replace(Some(empty.clone()));
+        let mut state = self.inner.state.lock().await;
+        self.reconcile(&mut state, &empty).await
+    }
+
     /// Whether `task` is attached to networks (the allocator gave it addresses).
     pub fn wants(task: &Task) -> bool {
         plan::task_net(task).is_some()

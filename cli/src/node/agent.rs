@@ -4,14 +4,15 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use berth_agent::engine::Engine;
 use berth_agent::logs::EngineLogs;
 use berth_agent::network::{NetworkAgent, NetworkConfig};
 use berth_agent::session::{NodeCallback, Session, SessionConfig};
-use berth_agent::worker::{EngineExecutor, Worker, WorkerConfig};
+use berth_agent::worker::{EngineExecutor, Worker, WorkerConfig, WorkerHandle};
 use berth_proto::identity::NodeCredentials;
-use berth_proto::v1::{NodeDescription, Platform, Resources};
+use berth_proto::v1::{AssignmentsMessage, AssignmentsType, NodeDescription, Platform, Resources};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -26,6 +27,10 @@ pub const NETWORK_DIR: &str = "agent/network";
 #[derive(Debug)]
 pub struct NodeAgent {
     cancel: CancellationToken,
+    /// Stops only the session (and what follows it), leaving the worker running.
+    session_cancel: CancellationToken,
+    worker: WorkerHandle,
+    network: NetworkAgent,
     tasks: TaskTracker,
 }
 
@@ -60,8 +65,10 @@ impl NodeAgent {
         cfg.managers_file = Some(state_root.join("agent/managers.json"));
         cfg.on_node = Some(on_node);
         cfg.logs = Some(Arc::new(EngineLogs::new(engine_for_logs)));
+        let handle = worker.handle();
         let session = Session::new(cfg, worker.handle());
         let cancel = CancellationToken::new();
+        let session_cancel = cancel.child_token();
         let tasks = TaskTracker::new();
         let stop = cancel.clone();
         tasks.spawn(async move {
@@ -73,18 +80,54 @@ impl NodeAgent {
         let (net, stop) = (network.clone(), cancel.clone());
         tasks.spawn(async move { net.run(stop).await });
         tasks.spawn(berth_agent::network::follow::follow(
-            network,
+            network.clone(),
             sessions,
             credentials,
-            cancel.clone(),
+            session_cancel.clone(),
         ));
-        let stop = cancel.clone();
+        let stop = session_cancel.clone();
         tasks.spawn(async move {
             if let Err(err) = session.run(stop).await {
                 tracing::error!("session stopped: {err}");
             }
         });
-        Ok(NodeAgent { cancel, tasks })
+        Ok(NodeAgent {
+            cancel,
+            session_cancel,
+            worker: handle,
+            network,
+            tasks,
+        })
+    }
+
+    /// Leaves the swarm's work behind cleanly, as Docker's `swarm leave` does: ends the
+    /// session (nothing new arrives), removes every task's container (each stopped within its
+    /// grace period), then the node's overlay bridges, tunnels and rules, and stops. Returns
+    /// the number of tasks still on the node after `timeout` (their records are then kept,
+    /// so a later start still knows them).
+    pub async fn leave(self, timeout: Duration) -> anyhow::Result<usize> {
+        self.session_cancel.cancel();
+        self.worker
+            .assign(AssignmentsMessage {
+                r#type: AssignmentsType::Complete as i32,
+                ..Default::default()
+            })
+            .await?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let left = loop {
+            let left = self.worker.tasks().await?.len();
+            if left == 0 || tokio::time::Instant::now() >= deadline {
+                break left;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        if left == 0
+            && let Err(err) = self.network.clear().await
+        {
+            tracing::warn!("removing the node's overlay networks: {err}");
+        }
+        self.stop().await;
+        Ok(left)
     }
 
     /// Stops the session and the worker; containers keep running.

@@ -289,7 +289,7 @@ impl Swarm {
             anyhow::bail!("--force-new-cluster needs a manager's state; this node is a worker");
         }
         if let Some(active) = guard.take() {
-            stop_active(active).await;
+            stop_active(active, Stop::Shutdown).await;
         }
         let creds = self
             .cert_dir()
@@ -536,11 +536,18 @@ impl Swarm {
             );
         }
         self.control.set(None);
+        let mut dirs = vec!["certificates", berth_manager::manager::RAFT_DIR];
         if let Some(active) = guard.take() {
-            stop_active(active).await;
+            if stop_active(active, Stop::Leave).await {
+                dirs.extend([AGENT_DIR, berth_agent::worker::TASK_DB_DIR]);
+            } else {
+                tracing::warn!(
+                    "some task containers could not be removed; the node keeps their records"
+                );
+            }
         }
         Membership::remove(self.state.root())?;
-        for dir in ["certificates", berth_manager::manager::RAFT_DIR] {
+        for dir in dirs {
             let path = self.state.root().join(dir);
             if path.exists() {
                 std::fs::remove_dir_all(&path).with_context(|| format!("removing {path:?}"))?;
@@ -569,16 +576,44 @@ impl Swarm {
     pub async fn shutdown(&self) {
         self.control.set(None);
         if let Some(active) = self.active.lock().await.take() {
-            stop_active(active).await;
+            stop_active(active, Stop::Shutdown).await;
         }
     }
 }
 
-async fn stop_active(active: Active) {
+/// Why the swarm side stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// Daemon shutdown (or a restart of the swarm side): containers keep running and are
+    /// adopted when the agent starts again.
+    Shutdown,
+    /// `swarm leave`: the node's task containers and overlay networks are removed.
+    Leave,
+}
+
+/// How long `swarm leave` waits for the node's task containers to be removed.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Where the agent keeps its network state, task files and manager list (its task records
+/// are in [`berth_agent::worker::TASK_DB_DIR`]).
+const AGENT_DIR: &str = "agent";
+
+/// Stops everything `active` runs; returns false when leaving left task containers on the
+/// node (a shutdown leaves them running on purpose and returns true).
+async fn stop_active(active: Active, why: Stop) -> bool {
+    let mut clean = true;
     if let Some(renewal) = active.renewal {
         renewal.cancel.cancel();
-        if let Some(agent) = renewal.agent {
-            agent.stop().await;
+        match (renewal.agent, why) {
+            (Some(agent), Stop::Leave) => match agent.leave(LEAVE_TIMEOUT).await {
+                Ok(left) => clean = left == 0,
+                Err(err) => {
+                    tracing::warn!("removing the node's tasks: {err:#}");
+                    clean = false;
+                }
+            },
+            (Some(agent), Stop::Shutdown) => agent.stop().await,
+            (None, _) => {}
         }
     }
     if let Some(server) = active.server {
@@ -589,6 +624,7 @@ async fn stop_active(active: Active) {
     {
         tracing::warn!("manager shutdown: {err}");
     }
+    clean
 }
 
 /// A channel to a manager's cluster port, authenticated with this node's certificate.

@@ -520,11 +520,33 @@ fn nodes_get_their_own_addresses_and_views_follow_the_tasks() {
         .find(|n| n.network.as_ref().is_some_and(|x| x.id == front.id))
         .expect("front view");
     assert!(fv.endpoints.iter().all(|e| e.task_id != "w1" || !e.active));
+    // Out of touch (a restarted leader waits for it, or its session dropped): its tasks
+    // still run and keep taking traffic; only DOWN takes them out.
+    let n2_active = |fx: &Fx| {
+        let v = node_view(&fx.tables, "n1");
+        v.networks
+            .iter()
+            .find(|n| n.network.as_ref().is_some_and(|x| x.id == front.id))
+            .expect("front view")
+            .endpoints
+            .iter()
+            .any(|e| e.node_id == "n2" && e.active)
+    };
+    assert!(n2_active(&fx), "positive control: n2's task takes traffic");
+    for state in [NodeState::Unknown, NodeState::Disconnected] {
+        fx.update::<Node>("n2", |n| {
+            if let Some(s) = n.status.as_mut() {
+                s.state = state as i32;
+            }
+        });
+        assert!(n2_active(&fx), "{state:?} node dropped from the VIP");
+    }
     fx.update::<Node>("n2", |n| {
         if let Some(s) = n.status.as_mut() {
             s.state = NodeState::Down as i32;
         }
     });
+    assert!(!n2_active(&fx));
     let v = node_view(&fx.tables, "n1");
     let fv = v
         .networks

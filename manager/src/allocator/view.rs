@@ -4,8 +4,10 @@
 //! Service discovery and load balancing are driven from the replicated store, not gossip
 //! (Swarm's stale-DNS pain point): an endpoint is *active* — in DNS answers and load-balancing
 //! sets — exactly while its task is observed RUNNING, wanted RUNNING, not unhealthy, and its
-//! node is READY. A task that stops, fails or turns unhealthy, or whose node goes down, leaves
-//! every node's view with the next store change that says so.
+//! node is not DOWN (READY, or UNKNOWN/DISCONNECTED: out of touch but still running its
+//! tasks, e.g. while a restarted leader waits for the nodes to reconnect). A task that stops,
+//! fails or turns unhealthy, or whose node goes down, leaves every node's view with the next
+//! store change that says so.
 //!
 //! Invariants: each message is complete (it replaces the previous one); a node sees only the
 //! networks it takes part in (the ingress network, and those of its tasks that have not
@@ -53,10 +55,19 @@ pub fn underlay_addr(n: &Node) -> Option<String> {
     })
 }
 
-fn node_ready(t: &Tables, node_id: &str) -> bool {
+/// Whether the tasks of `node_id` may take traffic: its node is READY, or only out of touch
+/// (UNKNOWN after a leader change, DISCONNECTED after its session dropped) and so still
+/// running them until it is declared DOWN. A manager restart must not empty every VIP.
+fn node_serves(t: &Tables, node_id: &str) -> bool {
     t.get::<Node>(node_id)
         .and_then(|n| n.status.clone())
-        .is_some_and(|s| s.state == NodeState::Ready as i32)
+        .and_then(|s| NodeState::try_from(s.state).ok())
+        .is_some_and(|s| {
+            matches!(
+                s,
+                NodeState::Ready | NodeState::Unknown | NodeState::Disconnected
+            )
+        })
 }
 
 /// Whether the task takes traffic (see the module docs).
@@ -67,7 +78,7 @@ pub fn is_active(t: &Tables, task: &Task) -> bool {
             .status
             .as_ref()
             .is_none_or(|s| s.health != HealthState::Unhealthy as i32)
-        && node_ready(t, &task.node_id)
+        && node_serves(t, &task.node_id)
 }
 
 /// Tasks placed on a node that have not ended, with their attachments.

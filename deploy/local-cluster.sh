@@ -9,19 +9,23 @@
 #   deploy/local-cluster.sh berth NODE ARGS...          (run the CLI against node NODE: h0, h1, ...)
 #
 # Needs root and the binaries from `cargo build --workspace --bins` (BERTH_BIN overrides the
-# directory). State lives under BERTH_CLUSTER_DIR (default /tmp/berth-local-cluster).
+# directory). State lives under BERTH_CLUSTER_DIR (default /tmp/berth-local-cluster); a second
+# cluster beside the first needs its own BERTH_CLUSTER_PREFIX (namespace, interface and cgroup
+# prefix, default blc) and BERTH_CLUSTER_SUBNET (its /24 as three octets, default 10.199.77).
 set -euo pipefail
 
 root_dir=$(cd "$(dirname "$0")/.." && pwd)
 bin=${BERTH_BIN:-$root_dir/target/debug}
 dir=${BERTH_CLUSTER_DIR:-/tmp/berth-local-cluster}
-prefix=blc                       # namespace and interface prefix
-subnet=10.199.77                 # the cluster's /24
+prefix=${BERTH_CLUSTER_PREFIX:-blc}
+subnet=${BERTH_CLUSTER_SUBNET:-10.199.77}
 port=4377
 service=${BERTH_SERVICE:-web}
 replicas=${BERTH_REPLICAS:-6}
 
 die() { echo "Error: $*" >&2; exit 1; }
+[[ $prefix =~ ^[a-z][a-z0-9]{0,5}$ ]] || die "BERTH_CLUSTER_PREFIX must be 1-6 lowercase letters or digits, got '$prefix'"
+[[ $subnet =~ ^[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}$ ]] || die "BERTH_CLUSTER_SUBNET must be three octets like 10.199.77, got '$subnet'"
 [ "$(id -u)" -eq 0 ] || die "local-cluster.sh must run as root (network namespaces, containers)"
 for b in berth berthd berth-test-image; do
   [ -x "$bin/$b" ] || die "$bin/$b is missing: run cargo build --workspace --bins first"
@@ -53,7 +57,7 @@ up() {
     ip -n "$prefix-$h" link set lo up
     mkdir -p "$dir/$h"
     in_host "$h" "$bin/berthd" --data-dir "$dir/$h/state" --socket "$(sock "$h")" \
-      --cgroup-parent "berth-local-$h" --hostname "node-$i" > "$dir/$h/berthd.log" 2>&1 &
+      --cgroup-parent "berth-$prefix-$h" --hostname "node-$i" > "$dir/$h/berthd.log" 2>&1 &
     echo $! > "$dir/$h/berthd.pid"
   done
   for h in $(hosts); do
@@ -101,7 +105,7 @@ down() {
     for pid in $(ip netns pids "$prefix-$h" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
     ip netns del "$prefix-$h" 2>/dev/null || true
     # The node's (now empty) cgroup parents, in every hierarchy.
-    for cg in /sys/fs/cgroup/*/"berth-local-$h" /sys/fs/cgroup/"berth-local-$h"; do
+    for cg in /sys/fs/cgroup/*/"berth-$prefix-$h" /sys/fs/cgroup/"berth-$prefix-$h"; do
       [ -d "$cg" ] && rmdir "$cg" 2>/dev/null || true
     done
   done

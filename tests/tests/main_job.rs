@@ -110,7 +110,7 @@ impl Drop for LocalCluster {
     }
 }
 
-/// The rows of a plain table whose first cell is not the header's.
+/// The rows of a plain table (header skipped), each split into its words.
 fn rows(table: &str) -> Vec<Vec<&str>> {
     table
         .lines()

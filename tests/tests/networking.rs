@@ -740,3 +740,116 @@ fn a_node_that_leaves_removes_its_task_containers_and_overlay_networks() -> anyh
     )?;
     Ok(())
 }
+
+#[test]
+fn service_update_adds_and_removes_networks_and_published_ports() -> anyhow::Result<()> {
+    wait::init_test_logging();
+    let cluster = cluster(1)?;
+    let n0 = cluster.node(0);
+    let image = berth_tests::image::DEFAULT_REF;
+    n0.berth_ok(&["network", "create", "mid"])?;
+    n0.berth_ok(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "api",
+        "--replicas",
+        "2",
+        image,
+        "sh",
+        "-c",
+        SERVE_HOSTNAME,
+    ])?;
+    n0.berth_ok(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "client",
+        "--network",
+        "mid",
+        "--constraint",
+        "node.hostname==node-0",
+        image,
+        "sh",
+        "-c",
+        IDLE,
+    ])?;
+    converge(&cluster, "api", "2/2")?;
+    converge(&cluster, "client", "1/1")?;
+    let client = container_of(&cluster, 0, "client")?;
+    let addrs: Vec<std::net::Ipv4Addr> = cluster.net().hosts().iter().map(|h| h.addr()).collect();
+    // Before: api is on no network of the client's and publishes nothing.
+    assert!(!exec(&cluster, 0, &client, &["nslookup", "api"])?.0);
+    assert!(http_get(&cluster, 1, addrs[0], 8082).is_err());
+
+    let err = n0.berth_err(&["service", "update", "-d", "--network-add", "nosuch", "api"])?;
+    assert!(err.contains("no such network: nosuch"), "{err}");
+    n0.berth_ok(&[
+        "service",
+        "update",
+        "-d",
+        "--update-parallelism",
+        "0",
+        "--network-add",
+        "mid",
+        "--publish-add",
+        "8082:80",
+        "api",
+    ])?;
+    wait::wait_until_or_dump(
+        Duration::from_secs(30),
+        "api answers through its VIP on mid and on the published port of every node",
+        || {
+            let via_vip = exec(
+                &cluster,
+                0,
+                &client,
+                &["timeout", "3", "wget", "-q", "-O-", "http://api/"],
+            )?;
+            Ok(via_vip.0
+                && !via_vip.1.is_empty()
+                && addrs.iter().enumerate().all(|(i, a)| {
+                    http_get(&cluster, (i + 1) % 2, *a, 8082).is_ok_and(|b| !b.is_empty())
+                }))
+        },
+        || cluster.logs(),
+    )?;
+    let err = n0.berth_err(&["service", "update", "-d", "--network-add", "mid", "api"])?;
+    assert!(err.contains("already attached to network"), "{err}");
+
+    n0.berth_ok(&[
+        "service",
+        "update",
+        "-d",
+        "--update-parallelism",
+        "0",
+        "--network-rm",
+        "mid",
+        "--publish-rm",
+        "80",
+        "api",
+    ])?;
+    wait::wait_until_or_dump(
+        Duration::from_secs(30),
+        "api left mid and publishes nothing",
+        || {
+            Ok(!exec(&cluster, 0, &client, &["nslookup", "api"])?.0
+                && addrs
+                    .iter()
+                    .enumerate()
+                    .all(|(i, a)| http_get(&cluster, (i + 1) % 2, *a, 8082).is_err()))
+        },
+        || cluster.logs(),
+    )?;
+    let svc = inspect(&cluster, &["service", "inspect", "api"])?;
+    assert!(
+        svc["Spec"]["TaskTemplate"]["Networks"]
+            .as_array()
+            .is_none_or(|v| v.is_empty()),
+        "{svc}"
+    );
+    converge(&cluster, "api", "2/2")?;
+    Ok(())
+}

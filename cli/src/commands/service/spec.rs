@@ -1252,7 +1252,7 @@ impl CreateFlags {
 }
 
 /// Refuses the same published port twice, and ingress ports with DNS round robin.
-fn check_ports(spec: &ServiceSpec) -> anyhow::Result<()> {
+pub(super) fn check_ports(spec: &ServiceSpec) -> anyhow::Result<()> {
     let Some(endpoint) = &spec.endpoint else {
         return Ok(());
     };

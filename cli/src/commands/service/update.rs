@@ -1,5 +1,6 @@
 //! `berth service update [OPTIONS] SERVICE`: changes a service's spec with Docker's flags
-//! (the shared groups of [`super::spec`] plus the `--*-add`/`--*-rm` pairs, `--image`,
+//! (the shared groups of [`super::spec`] plus the `--*-add`/`--*-rm` pairs — env, labels,
+//! constraints, placement preferences, secrets, configs, networks, published ports — `--image`,
 //! `--args` and `--force`), then — unless `-d` — shows the rolling update's progress and
 //! exits non-zero when it pauses or rolls back, with the update status message.
 //!
@@ -15,16 +16,18 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use berth_proto::v1::{
-    ConfigReference, ContainerSpec, FileTarget, GetServiceRequest, ListTasksRequest, Placement,
-    PlacementPreference, SecretReference, ServiceSpec, TaskSpec, UpdateServiceRequest, UpdateState,
+    ConfigReference, ContainerSpec, EndpointSpec, FileTarget, GetServiceRequest,
+    ListNetworksRequest, ListTasksRequest, NetworkAttachmentConfig, Placement, PlacementPreference,
+    PortConfig, SecretReference, ServiceSpec, TaskSpec, UpdateServiceRequest, UpdateState,
     list_tasks_request::Filters,
 };
 use clap::Args;
 
 use super::progress::{self, RenderMode, Tracker, WatchOptions};
 use super::spec::{
-    CommonFlags, FileReference, ShellWords, env_entry, parse_constraint, parse_file_reference,
-    parse_label, parse_placement_pref, parse_shell_words,
+    CommonFlags, FileReference, ShellWords, check_ports, env_entry, parse_constraint,
+    parse_file_reference, parse_label, parse_network, parse_placement_pref, parse_publish,
+    parse_shell_words,
 };
 use super::{Daemon, resolve, status_error};
 
@@ -79,6 +82,18 @@ pub struct UpdateArgs {
     /// Remove a configuration file (by name)
     #[arg(long = "config-rm", value_name = "list")]
     pub config_rm: Vec<String>,
+    /// Add a network
+    #[arg(long = "network-add", value_name = "network", value_parser = parse_network)]
+    pub network_add: Vec<NetworkAttachmentConfig>,
+    /// Remove a network (by name or id)
+    #[arg(long = "network-rm", value_name = "list")]
+    pub network_rm: Vec<String>,
+    /// Add or update a published port
+    #[arg(long = "publish-add", value_name = "port", value_parser = parse_publish)]
+    pub publish_add: Vec<Vec<PortConfig>>,
+    /// Remove a published port by its target port (`TARGET[/PROTO]`, or `PUBLISHED:TARGET`)
+    #[arg(long = "publish-rm", value_name = "port", value_parser = parse_publish)]
+    pub publish_rm: Vec<Vec<PortConfig>>,
     /// Force update even if no changes require it
     #[arg(long)]
     pub force: bool,
@@ -228,9 +243,75 @@ impl UpdateArgs {
         container
             .labels
             .extend(self.container_label_add.iter().cloned());
+        // Networks: the stored spec names them by id; `resolve_networks` turned the flags'
+        // names into ids before this runs.
+        task.networks
+            .retain(|n| !self.network_rm.iter().any(|r| r == &n.target));
+        for add in &self.network_add {
+            if task.networks.iter().any(|n| n.target == add.target) {
+                anyhow::bail!("service is already attached to network {}", add.target);
+            }
+            task.networks.push(add.clone());
+        }
+        if !self.publish_rm.is_empty() || !self.publish_add.is_empty() {
+            let endpoint = spec.endpoint.get_or_insert_with(EndpointSpec::default);
+            // Docker's rule: a removal names the target port (and protocol), and the published
+            // port too when it gives one.
+            for rm in self.publish_rm.iter().flatten() {
+                endpoint.ports.retain(|p| {
+                    !(p.target_port == rm.target_port
+                        && p.protocol == rm.protocol
+                        && (rm.published_port == 0 || p.published_port == rm.published_port))
+                });
+            }
+            // An added port replaces one published on the same port and protocol.
+            for add in self.publish_add.iter().flatten() {
+                endpoint.ports.retain(|p| {
+                    add.published_port == 0
+                        || (p.published_port, p.protocol) != (add.published_port, add.protocol)
+                });
+                endpoint.ports.push(add.clone());
+            }
+        }
         self.common
             .apply(spec)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
+        check_ports(spec)?;
+        Ok(())
+    }
+
+    /// Replaces the network names of `--network-add` and `--network-rm` by the ids the
+    /// stored spec uses; an unknown network is an error naming it.
+    async fn resolve_networks(&mut self, daemon: &mut Daemon) -> anyhow::Result<()> {
+        if self.network_add.is_empty() && self.network_rm.is_empty() {
+            return Ok(());
+        }
+        let networks = daemon
+            .control
+            .list_networks(ListNetworksRequest::default())
+            .await
+            .map_err(status_error)?
+            .into_inner()
+            .networks;
+        let id_of = |wanted: &str| -> anyhow::Result<String> {
+            networks
+                .iter()
+                .find(|n| {
+                    n.id == wanted
+                        || n.spec
+                            .as_ref()
+                            .and_then(|s| s.annotations.as_ref())
+                            .is_some_and(|a| a.name == wanted)
+                })
+                .map(|n| n.id.clone())
+                .ok_or_else(|| anyhow::anyhow!("no such network: {wanted}"))
+        };
+        for add in &mut self.network_add {
+            add.target = id_of(&add.target)?;
+        }
+        for rm in &mut self.network_rm {
+            *rm = id_of(rm)?;
+        }
         Ok(())
     }
 }
@@ -355,7 +436,7 @@ pub(super) async fn request_rollback(
 }
 
 /// `berth service update`.
-pub async fn update(daemon: &mut Daemon, args: UpdateArgs) -> anyhow::Result<()> {
+pub async fn update(daemon: &mut Daemon, mut args: UpdateArgs) -> anyhow::Result<()> {
     let service = resolve(daemon, &args.service).await?;
     let version = service.meta.as_ref().map_or(0, |m| m.version);
     let ended_before = ended_tasks(daemon, &service.id).await?;
@@ -369,6 +450,7 @@ pub async fn update(daemon: &mut Daemon, args: UpdateArgs) -> anyhow::Result<()>
         Asked::Rollback
     } else {
         let mut spec = service.spec.clone().unwrap_or_default();
+        args.resolve_networks(daemon).await?;
         args.apply(&mut spec, &|key| std::env::var(key).ok())?;
         super::create::resolve_references(daemon, &mut spec).await?;
         daemon
@@ -435,6 +517,83 @@ mod tests {
             .labels
             .insert("old".into(), "x".into());
         spec
+    }
+
+    #[test]
+    fn networks_and_published_ports_are_removed_then_added() {
+        let mut spec = base();
+        spec.task.as_mut().unwrap().networks = vec![NetworkAttachmentConfig {
+            target: "net-front".into(),
+            ..Default::default()
+        }];
+        spec.endpoint = Some(EndpointSpec {
+            ports: parse_publish("8080:80")
+                .unwrap()
+                .into_iter()
+                .chain(parse_publish("9090:90/udp").unwrap())
+                .collect(),
+            ..Default::default()
+        });
+        // (The command has turned network names into ids before `apply`.)
+        let out = updated(
+            &spec,
+            &[
+                "--network-rm",
+                "net-front",
+                "--network-add",
+                "name=net-back,alias=api",
+                "--publish-rm",
+                "80",
+                "--publish-add",
+                "8081:81",
+                "--publish-add",
+                "9090:91/udp",
+            ],
+        )
+        .unwrap();
+        let nets = &out.task.as_ref().unwrap().networks;
+        assert_eq!(nets.len(), 1);
+        assert_eq!(
+            (nets[0].target.as_str(), nets[0].aliases.clone()),
+            ("net-back", vec!["api".to_string()])
+        );
+        let ports: Vec<(u32, u32)> = out
+            .endpoint
+            .as_ref()
+            .unwrap()
+            .ports
+            .iter()
+            .map(|p| (p.published_port, p.target_port))
+            .collect();
+        // 80 went; 9090/udp was replaced by the port published on it again; 8081 was added.
+        assert_eq!(ports, [(8081, 81), (9090, 91)]);
+
+        // A removal naming another published port leaves the port alone; udp is not tcp.
+        let out = updated(&spec, &["--publish-rm", "8000:80", "--publish-rm", "90"]).unwrap();
+        assert_eq!(out.endpoint.as_ref().unwrap().ports.len(), 2);
+        // Attaching twice is refused with the reason.
+        let err = updated(&spec, &["--network-add", "net-front"]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("already attached to network net-front"),
+            "{err}"
+        );
+        // The last port published on 8080 wins (Docker replaces by published port).
+        let out = updated(
+            &spec,
+            &["--publish-add", "8080:81", "--publish-add", "8080:82"],
+        )
+        .unwrap();
+        let at_8080: Vec<u32> = out
+            .endpoint
+            .as_ref()
+            .unwrap()
+            .ports
+            .iter()
+            .filter(|p| p.published_port == 8080)
+            .map(|p| p.target_port)
+            .collect();
+        assert_eq!(at_8080, [82]);
     }
 
     #[test]

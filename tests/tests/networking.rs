@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use berth_agent::network::plan::{IFACE_PREFIX, NFT_TABLE};
 use berth_tests::cluster::TestCluster;
 use berth_tests::wait;
 use serde_json::Value;
@@ -653,7 +654,7 @@ fn host_ports_stay_on_their_node_networks_are_isolated_and_a_lost_node_leaves_th
     Ok(())
 }
 
-/// The names of Berth's links (overlay bridges and tunnels, `bn…`) in test host `i`.
+/// The names of Berth's links (overlay bridges and tunnels) in test host `i`.
 fn berth_links(cluster: &TestCluster, i: usize) -> anyhow::Result<Vec<String>> {
     let out = cluster
         .node(i)
@@ -666,7 +667,7 @@ fn berth_links(cluster: &TestCluster, i: usize) -> anyhow::Result<Vec<String>> {
         .lines()
         .filter_map(|l| l.split(": ").nth(1))
         .map(|name| name.split('@').next().unwrap_or(name).to_string())
-        .filter(|name| name.starts_with("bn"))
+        .filter(|name| name.starts_with(IFACE_PREFIX))
         .collect())
 }
 
@@ -676,7 +677,7 @@ fn has_berth_table(cluster: &TestCluster, i: usize) -> anyhow::Result<bool> {
         .node(i)
         .host()
         .command("nft")?
-        .args(["list", "table", "ip", "berth"])
+        .args(["list", "table", "ip", NFT_TABLE])
         .output()?;
     Ok(out.status.success())
 }

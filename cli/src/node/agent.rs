@@ -17,6 +17,10 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+/// Where the agent keeps its network state, task files and manager list, inside the state
+/// directory (its task records are in [`berth_agent::worker::TASK_DB_DIR`]).
+pub const AGENT_DIR: &str = "agent";
+
 /// Where tasks' secrets and configs are mounted (tmpfs, briefly) inside the state directory.
 pub const TASK_FILES_DIR: &str = "agent/task-files";
 

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 
 use super::StateDir;
-use super::agent::NodeAgent;
+use super::agent::{AGENT_DIR, NodeAgent};
 use super::cluster_tls::{self, ServerTls};
 use super::forward::Target;
 use super::membership::Membership;
@@ -593,10 +593,6 @@ enum Stop {
 
 /// How long `swarm leave` waits for the node's task containers to be removed.
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Where the agent keeps its network state, task files and manager list (its task records
-/// are in [`berth_agent::worker::TASK_DB_DIR`]).
-const AGENT_DIR: &str = "agent";
 
 /// Stops everything `active` runs; returns false when leaving left task containers on the
 /// node (a shutdown leaves them running on purpose and returns true).

@@ -233,11 +233,15 @@ async fn write_all<R: Reconciler>(
         let Some((batch, bounds, result)) = in_flight.next().await else {
             return Ok(());
         };
-        match result {
-            Ok(_) => {}
+        let result = match result {
             Err(WriteFailure::Refused(e)) => {
-                retry_without_refused(r, writer, batch, bounds, e).await?;
+                retry_without_refused(r, writer, batch, bounds, e).await
             }
+            other => other.map(|_| ()),
+        };
+        match result {
+            // (`retry_without_refused` settles refusals itself.)
+            Ok(()) | Err(WriteFailure::Refused(_)) => {}
             Err(WriteFailure::NotLeader(m)) => return Err(OrchestratorError::NotLeader(m)),
             Err(WriteFailure::Fatal(m)) => return Err(OrchestratorError::Fatal(m)),
             Err(WriteFailure::Unavailable(m)) => {
@@ -255,23 +259,22 @@ async fn write_all<R: Reconciler>(
     }
 }
 
-/// Writes a refused batch again without its refused units (marked for a fresh decision),
-/// until what is left is written or empty.
+/// Writes a refused batch again without its refused units (marked for a fresh decision)
+/// until what is left is written or empty; any other failure is returned as it came.
 async fn retry_without_refused<R: Reconciler>(
     r: &mut R,
     writer: &dyn Writer,
     batch: StoreActions,
     bounds: Vec<usize>,
     error: ApplyError,
-) -> Result<(), OrchestratorError> {
-    let mut refused = (batch, bounds, error);
+) -> Result<(), WriteFailure> {
+    let (mut batch, mut bounds, mut error) = (batch, bounds, error);
     loop {
-        let (batch, bounds, e) = refused;
-        let ((rest, rest_bounds), dropped) = without_refused(batch, &bounds, &e);
+        let ((rest, rest_bounds), dropped) = without_refused(batch, &bounds, &error);
         tracing::debug!(
             component = r.name(),
             refused = dropped.len(),
-            error = %e,
+            error = %error,
             "batch refused; retrying the rest"
         );
         for unit in &dropped {
@@ -285,15 +288,8 @@ async fn retry_without_refused<R: Reconciler>(
             return Ok(());
         }
         match writer.write(rest.clone()).await {
-            Ok(_) => return Ok(()),
-            Err(WriteFailure::Refused(e)) => refused = (rest, rest_bounds, e),
-            Err(WriteFailure::NotLeader(m)) => return Err(OrchestratorError::NotLeader(m)),
-            Err(WriteFailure::Fatal(m)) => return Err(OrchestratorError::Fatal(m)),
-            Err(WriteFailure::Unavailable(m)) => {
-                tracing::warn!(component = r.name(), error = %m, "store write failed; retrying later");
-                r.mark_all();
-                return Ok(());
-            }
+            Err(WriteFailure::Refused(e)) => (batch, bounds, error) = (rest, rest_bounds, e),
+            other => return other.map(|_| ()),
         }
     }
 }
